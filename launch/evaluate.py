@@ -1,0 +1,46 @@
+r"""Evaluates a trained workdir, rebuilding config, vocabulary and params from it alone.
+
+  python launch/evaluate.py --workdir=W [--split=validation] [--step=N]
+
+Prints one JSON object of the task's metrics and writes it to
+W/eval/<split>_step<N>.json.
+"""
+
+import json
+import os
+
+import common
+import jax
+from absl import flags
+
+from mmzoo import tasks
+from mmzoo.train import checkpoint, loop, parallel
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
+_SPLIT = flags.DEFINE_string("split", "validation", "Which split to evaluate.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
+
+
+def main(argv):
+  del argv
+  common.initialize_distributed()
+  ckpt = checkpoint.Checkpointer(_WORKDIR.value, read_only=True)
+  step = _STEP.value if _STEP.value is not None else ckpt.latest_step()
+  if step is None:
+    raise common.InputError(f"{_WORKDIR.value}: holds no checkpoint")
+  config = checkpoint.load_config(_WORKDIR.value, step)
+  task = tasks.build(config, ckpt.load_artifacts(step))
+  ckpt.close()
+  params = loop.restore_params(task, _WORKDIR.value, step)
+  results = task.evaluate(params, parallel.make_mesh(), _SPLIT.value)
+  results = {"step": step, "split": _SPLIT.value, **results}
+  if jax.process_index() == 0:
+    out_dir = os.path.join(_WORKDIR.value, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{_SPLIT.value}_step{step}.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    print(json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+  common.run(main)

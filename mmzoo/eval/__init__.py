@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the evaluator registry, and evaluation from a workdir."""

@@ -1,0 +1,1 @@
+"""The generic trainer: loop, train state, checkpoints, parallelism, logging."""

@@ -1,0 +1,47 @@
+"""Optimizers and learning-rate schedules from config."""
+
+from __future__ import annotations
+
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+  """Linear warm-up to `learning_rate`, then constant, cosine or exponential decay."""
+  lr, warmup = config.learning_rate, config.get("warmup_steps", 0)
+  if config.schedule == "constant":
+    decay = optax.constant_schedule(lr)
+  elif config.schedule == "cosine":
+    decay = optax.cosine_decay_schedule(lr, max(num_steps - warmup, 1))
+  elif config.schedule == "exponential":
+    decay = optax.exponential_decay(lr, config.decay_steps, config.decay_rate)
+  else:
+    raise ValueError(f"unknown schedule {config.schedule!r}")
+  if not warmup:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   num_steps: int) -> optax.GradientTransformation:
+  """Gradient clipping (by value and/or global norm) followed by the optimizer."""
+  lr = learning_rate_schedule(config, num_steps)
+  name, eps = config.name, config.get("eps", 1e-8)
+  if name == "adam":
+    opt = optax.adam(lr, eps=eps)
+  elif name == "adamw":
+    opt = optax.adamw(lr, eps=eps, weight_decay=config.weight_decay)
+  elif name == "rmsprop":
+    opt = optax.rmsprop(lr, decay=0.95, eps=eps)
+  elif name == "adagrad":
+    opt = optax.adagrad(lr, initial_accumulator_value=config.initial_accumulator, eps=eps)
+  elif name == "sgd":
+    opt = optax.sgd(lr, momentum=config.get("momentum", None))
+  else:
+    raise ValueError(f"unknown optimizer {name!r}")
+  chain = []
+  if config.get("clip_value", 0.0):
+    chain.append(optax.clip(config.clip_value))
+  if config.get("clip_norm", 0.0):
+    chain.append(optax.clip_by_global_norm(config.clip_norm))
+  return optax.chain(*chain, opt)
