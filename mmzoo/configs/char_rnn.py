@@ -36,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.num_layers = 2  # Stacked recurrent layers.
   config.model.embed_dim = 64  # Character embedding size; 0 feeds one-hot vectors.
   config.model.dropout_rate = 0.0  # Dropout between layers and before the softmax.
-  config.model.init_scheme = "torch"  # "torch": U(-1/sqrt(H), 1/sqrt(H)); "normal": N(0, init_std^2), biases 0.
+  config.model.init_scheme = "torch"  # "torch": U(+-1/sqrt(H)); "normal": N(0, init_std^2), 0 bias.
   config.model.init_std = 0.01  # Standard deviation for init_scheme="normal".
   config.model.unroll = 1  # lax.scan unroll factor (speed only).
 

@@ -9,7 +9,6 @@ held-out tail of the corpus the same way, from a zero state.
 from __future__ import annotations
 
 import functools
-import logging
 
 import jax
 import jax.numpy as jnp

@@ -162,6 +162,7 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
   step = int(jax.device_get(state.step))
   eval_results: dict[str, float] = {}
   totals, t_last, step_last = None, time.perf_counter(), step
+  t_start = t_last
   try:
     while step < cfg.num_steps:
       batch = parallel.global_batch(next(batches), mesh)
@@ -174,7 +175,8 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
         values = metrics_lib.normalize(totals)
         elapsed = time.perf_counter() - t_last
         rate = (step - step_last) / elapsed
-        values.update(steps_per_s=rate, tokens_per_s=rate * task.tokens_per_batch)
+        values.update(steps_per_s=rate, tokens_per_s=rate * task.tokens_per_batch,
+                      elapsed_s=time.perf_counter() - t_start)
         writer.write(step, "train", values)
         if is_primary:
           eta = (cfg.num_steps - step) / rate
@@ -185,7 +187,8 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
       if step % cfg.eval_every == 0 or last:
         _check_finite(state, workdir, last_saved)
         eval_results = task.evaluate(state.params, mesh)
-        writer.write(step, "validation", eval_results)
+        writer.write(step, "validation",
+                     dict(eval_results, elapsed_s=time.perf_counter() - t_start))
         if is_primary:
           logging.info("step %d validation %s", step,
                        "  ".join(f"{k} {v:.4f}" for k, v in eval_results.items()))
