@@ -161,6 +161,7 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
   writer = metrics_lib.MetricWriter(workdir)
   step = int(jax.device_get(state.step))
   eval_results: dict[str, float] = {}
+  start_step = step
   totals, t_last, step_last = None, time.perf_counter(), step
   t_start = t_last
   try:
@@ -170,6 +171,10 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
       totals = metrics_lib.accumulate(totals, step_metrics)
       step += 1
       last = step == cfg.num_steps
+      if step == start_step + 1 and step % cfg.log_every and not last:
+        # Throughput excludes the first step, which includes compilation.
+        jax.block_until_ready(state)
+        t_last, step_last = time.perf_counter(), step
       if step % cfg.log_every == 0 or last:
         _check_finite(state, workdir, last_saved)
         values = metrics_lib.normalize(totals)
