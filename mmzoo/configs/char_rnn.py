@@ -27,12 +27,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.path = ""  # A UTF-8 text file; empty means the built-in corpus.
   config.data.max_chars = 3_000_000  # Characters of the built-in corpus to read.
   config.data.validation_fraction = 0.05  # The last fraction of the text is validation.
-  config.data.batch_size = 64  # Global number of parallel streams (TBPTT batch).
+  config.data.batch_size = 32  # Global number of parallel streams (TBPTT batch).
   config.data.seq_len = 100  # Characters per TBPTT chunk.
 
   config.model = ml_collections.ConfigDict()
   config.model.cell = cell  # "lstm", "gru" or "rnn" (tanh).
-  config.model.hidden_size = 512  # Units per recurrent layer.
+  config.model.hidden_size = 256  # Units per recurrent layer.
   config.model.num_layers = 2  # Stacked recurrent layers.
   config.model.embed_dim = 64  # Character embedding size; 0 feeds one-hot vectors.
   config.model.dropout_rate = 0.0  # Dropout between layers and before the softmax.
@@ -54,17 +54,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.eps = 1e-8  # Epsilon of adam/rmsprop/adagrad.
 
   config.train = ml_collections.ConfigDict()
-  config.train.num_steps = 4000  # Optimizer steps (one TBPTT chunk per stream each).
+  config.train.num_steps = 2400  # Optimizer steps (one TBPTT chunk per stream each).
   config.train.loss_normalization = "token"  # "token": mean per char; "sequence": sum over a chunk.
   config.train.log_every = 100  # Log train metrics every this many steps.
-  config.train.eval_every = 500  # Validate every this many steps (and at the end).
-  config.train.checkpoint_every = 500  # Save every this many steps (and at the end).
+  config.train.eval_every = 300  # Validate every this many steps (and at the end).
+  config.train.checkpoint_every = 300  # Save every this many steps (and at the end).
   config.train.keep_checkpoints = 3  # Latest checkpoints kept.
 
   config.eval = ml_collections.ConfigDict()
   config.eval.evaluators = ("lm",)  # Evaluators from mmzoo.eval.registry.
-  config.eval.batch_size = 64  # Validation streams.
-  config.eval.max_chars = 150_000  # Validation characters scored; 0 means all.
+  config.eval.batch_size = 32  # Validation streams.
+  config.eval.max_chars = 100_000  # Validation characters scored; 0 means all.
 
   config.sample = ml_collections.ConfigDict()
   config.sample.prime = "def "  # Priming text for samples printed at the end of training.
