@@ -14,7 +14,7 @@ import jax
 from absl import flags
 
 from mmzoo import tasks
-from mmzoo.train import checkpoint, loop, parallel
+from mmzoo.train import loop, parallel
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
 _SPLIT = flags.DEFINE_string("split", "validation", "Which split to evaluate.")
@@ -24,14 +24,7 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.
 def main(argv):
   del argv
   common.initialize_distributed()
-  ckpt = checkpoint.Checkpointer(_WORKDIR.value, read_only=True)
-  step = _STEP.value if _STEP.value is not None else ckpt.latest_step()
-  if step is None:
-    raise common.InputError(f"{_WORKDIR.value}: holds no checkpoint")
-  config = checkpoint.load_config(_WORKDIR.value, step)
-  task = tasks.build(config, ckpt.load_artifacts(step))
-  ckpt.close()
-  params = loop.restore_params(task, _WORKDIR.value, step)
+  task, params, step = loop.restore_workdir(_WORKDIR.value, tasks.build, _STEP.value)
   results = task.evaluate(params, parallel.make_mesh(), _SPLIT.value)
   results = {"step": step, "split": _SPLIT.value, **results}
   if jax.process_index() == 0:

@@ -4,11 +4,13 @@ r"""Samples text from a trained character-level language model.
       [--top_k=0] [--seed=0]
 """
 
+import functools
+
 import common
 from absl import flags
 
 from mmzoo import tasks
-from mmzoo.train import checkpoint, loop
+from mmzoo.train import loop
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
 _PRIME = flags.DEFINE_string("prime", "", "Priming text; empty starts from a random character.")
@@ -20,14 +22,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 def main(argv):
   del argv
-  ckpt = checkpoint.Checkpointer(_WORKDIR.value, read_only=True)
-  step = ckpt.latest_step()
-  if step is None:
-    raise common.InputError(f"{_WORKDIR.value}: holds no checkpoint")
-  config = checkpoint.load_config(_WORKDIR.value, step)
-  task = tasks.build(config, ckpt.load_artifacts(step), load_data=False)
-  ckpt.close()
-  params = loop.restore_params(task, _WORKDIR.value, step)
+  build = functools.partial(tasks.build, load_data=False)  # Sampling needs only the vocab.
+  task, params, _ = loop.restore_workdir(_WORKDIR.value, build)
   print(task.sample(params, _PRIME.value, _LENGTH.value, _TEMPERATURE.value, _TOP_K.value,
                     _SEED.value))
 

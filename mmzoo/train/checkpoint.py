@@ -93,12 +93,13 @@ class Checkpointer:
         **{name: ocp.args.JsonRestore()}))[name]
 
   def load_config(self, step: int | None = None) -> dict:
-    return self._json_item(self._step(step), "config")
+    return self._json_item(self.resolve_step(step), "config")
 
   def load_artifacts(self, step: int | None = None) -> dict:
-    return self._json_item(self._step(step), "artifacts")
+    return self._json_item(self.resolve_step(step), "artifacts")
 
-  def _step(self, step: int | None) -> int:
+  def resolve_step(self, step: int | None) -> int:
+    """`step`, or the latest when None; an error if there is none."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise InputError(f"{self.directory}: holds no checkpoint")
@@ -106,7 +107,7 @@ class Checkpointer:
 
   def check_compatible(self, config: ml_collections.ConfigDict, artifacts: dict) -> None:
     """Refuses to resume from a checkpoint written under another config."""
-    step = self._step(None)
+    step = self.resolve_step(None)
     diffs = config_differences(self.load_config(step), config_to_json(config))
     if not diffs and self.load_artifacts(step) != json.loads(json.dumps(artifacts)):
       diffs = ["the vocabulary differs"]
@@ -118,7 +119,7 @@ class Checkpointer:
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
     """Restores `(state, data_state)` into `abstract_state` (shapes + shardings)."""
-    step = self._step(step)
+    step = self.resolve_step(step)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import flax.struct
@@ -222,3 +222,19 @@ def restore_params(task: Task, workdir: str, step: int | None = None) -> Any:
     checkpointer.close()
   return state.params
 
+
+def restore_workdir(workdir: str, build_task: Callable[..., Task],
+                    step: int | None = None) -> tuple[Task, Any, int]:
+  """Rebuilds `(task, params, step)` from a workdir alone.
+
+  `build_task(config, artifacts)` makes the task from the checkpoint's config
+  and artifacts (e.g. `mmzoo.tasks.build`).
+  """
+  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+  try:
+    step = checkpointer.resolve_step(step)
+    config = ml_collections.ConfigDict(checkpointer.load_config(step))
+    task = build_task(config, checkpointer.load_artifacts(step))
+  finally:
+    checkpointer.close()
+  return task, restore_params(task, workdir, step), step
