@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import sys
+import traceback
 
+import jax
 from absl import app, flags, logging
 
 from mmzoo.errors import InputError
@@ -31,16 +32,34 @@ class _DropLibraryChatter:
 
 
 def run(main) -> None:
-  """`app.run(main)`, printing input problems as one line and exiting 1."""
+  """`app.run(main)`, printing input problems as one line and exiting 1.
+
+  In a multi-process job any error ends every process: this one prints it (a
+  traceback first, unless it is an input problem) and exits 1, and the others
+  print `error: process I of N stopped with an error (see its log)`. A process
+  that dies outright (killed, crashed) is named by the survivors with
+  `error: lost process I of N: ...` (`parallel._PeerWatchdog`).
+  """
 
   def checked_main(argv):
     logging.get_absl_handler().addFilter(_DropLibraryChatter())
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-      return main(argv)
+      result = main(argv)
     except (InputError, FloatingPointError) as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      os._exit(1)  # Skips atexit hooks that could block on a dead peer process.
+      # Exits at once (os._exit): atexit hooks could block on a dead peer process.
+      parallel.exit_with_error(str(e))
+    except Exception as e:
+      if not parallel.is_multi_process():
+        raise
+      if isinstance(e, jax.errors.JaxRuntimeError):  # E.g. a collective with a dead peer.
+        parallel.wait_for_lost_peer()
+      traceback.print_exc()
+      sys.stderr.flush()
+      first_line = (str(e).splitlines() or [""])[0]
+      parallel.exit_with_error(f"{type(e).__name__}: {first_line}")
+    parallel.finish_distributed()
+    return result
 
   app.run(checked_main)
