@@ -110,7 +110,7 @@ def train_step(tx: optax.GradientTransformation, loss_fn, state: TrainState, bat
   (value, (metrics, task_state)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   ok = jnp.isfinite(value) & jnp.isfinite(grad_norm) & (state.bad_step < 0)
   keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(ok, new, old))
   new_state = state.replace(
