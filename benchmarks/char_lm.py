@@ -5,21 +5,26 @@ embedding, a stack of LSTM layers and a vocabulary projection, with softmax
 cross-entropy, truncated BPTT (the carry of one chunk, without its gradient,
 starts the next chunk of each stream), global-norm gradient clipping and Adam.
 
-* mmzoo: `CharLMTask` built from `mmzoo/configs/char_rnn.py` (with the sizes
-  below overriding the config) and `mmzoo.train.loop.train_step`, jitted
-  exactly as the trainer does it (one-device mesh, shardings, donated state).
+* mmzoo: `CharLMTask` built from `mmzoo/configs/char_rnn.py` (the size flags
+  below override its fields) and `mmzoo.train.loop.train_step` with the
+  config's optimizer, jitted exactly as the trainer does it (one-device mesh,
+  shardings, donated state).
 * PyTorch: `nn.Embedding -> nn.LSTM(batch_first=True) -> nn.Linear`,
-  `F.cross_entropy`, detached hidden carry, `clip_grad_norm_`,
-  `torch.optim.Adam`, on `os.cpu_count()` threads.
+  `F.cross_entropy`, detached hidden carry, `clip_grad_norm_(5)`,
+  `torch.optim.Adam(lr=2e-3)` (constant: the learning-rate schedule costs
+  nothing measurable), on `os.cpu_count()` threads.
 
-Compilation and warm-up steps are not timed; each timed window of `--steps`
-steps ends with `block_until_ready`, and the median window is reported.
-Batches come from the config's corpus (the built-in one by default) and are
-made before timing, so the data pipeline is not measured.
+Compilation and warm-up steps are not timed. Each timed window of `--steps`
+steps ends with `block_until_ready`; the frameworks' windows alternate (mmzoo,
+torch, mmzoo, ...) so that a slow spell of a shared machine hits both, and the
+median window of each is reported. Batches come from the config's corpus (the
+built-in one by default) and are made before timing, so the data pipeline is
+not measured.
 
-  python benchmarks/char_lm.py                       # default config sizes, < 4 minutes
+  python benchmarks/char_lm.py                       # the default config's sizes, < 4 minutes
   python benchmarks/char_lm.py --hidden_size=128 --windows=3 --steps=3   # quick
-  python benchmarks/char_lm.py --breakdown           # also time forward, backward, optimizer
+  python benchmarks/char_lm.py --breakdown           # also time parts of a step
+  python benchmarks/char_lm.py --hidden_size=512 --batch_size=64   # the earlier 2x512 default
 
 FLOP counts include only the matmuls: per LSTM layer and step of one stream,
 2 * 4H * (F + H) forward (F the layer's input size), plus 2 * H * V for the
@@ -28,7 +33,9 @@ output layer; forward + backward is counted as 3x the forward.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import os
 import platform
 import statistics
@@ -37,20 +44,21 @@ from collections.abc import Callable
 
 from absl import app, flags
 
-HIDDEN = flags.DEFINE_integer("hidden_size", 512, "LSTM units per layer.")
-LAYERS = flags.DEFINE_integer("num_layers", 2, "Stacked LSTM layers.")
-EMBED = flags.DEFINE_integer("embed_dim", 64, "Character embedding size.")
-BATCH = flags.DEFINE_integer("batch_size", 64, "Parallel streams per step.")
-SEQ_LEN = flags.DEFINE_integer("seq_len", 100, "Characters per TBPTT chunk.")
+# The model and batch default to mmzoo/configs/char_rnn.py's (its default `lstm` variant).
+HIDDEN = flags.DEFINE_integer("hidden_size", None, "LSTM units per layer.")
+LAYERS = flags.DEFINE_integer("num_layers", None, "Stacked LSTM layers.")
+EMBED = flags.DEFINE_integer("embed_dim", None, "Character embedding size.")
+BATCH = flags.DEFINE_integer("batch_size", None, "Parallel streams per step.")
+SEQ_LEN = flags.DEFINE_integer("seq_len", None, "Characters per TBPTT chunk.")
 STEPS = flags.DEFINE_integer("steps", 5, "Training steps per timed window.")
-WINDOWS = flags.DEFINE_integer("windows", 5, "Timed windows; the median is reported.")
+WINDOWS = flags.DEFINE_integer("windows", 5, "Timed windows per framework; the median counts.")
 WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 MAX_CHARS = flags.DEFINE_integer(
     "max_chars", None, "Characters of the built-in corpus to read (default: the config's).")
-FRAMEWORKS = flags.DEFINE_list("frameworks", ["mmzoo", "torch"], "Which to run, in order.")
+FRAMEWORKS = flags.DEFINE_list("frameworks", ["mmzoo", "torch"], "Which to run.")
 BREAKDOWN = flags.DEFINE_bool(
-    "breakdown", False, "Also time parts of a step: forward+loss, forward+backward, "
-    "optimizer update, and the step without finite checks.")
+    "breakdown", False, "Afterwards, also time parts of a step (median of --windows calls "
+    "each): forward + loss, forward + backward, the LSTM stack alone, the optimizer update.")
 
 
 def lstm_step_flops(batch: int, seq_len: int, embed: int, hidden: int, layers: int,
@@ -64,16 +72,61 @@ def lstm_step_flops(batch: int, seq_len: int, embed: int, hidden: int, layers: i
   return 3.0 * forward
 
 
-def time_windows(run_steps: Callable[[int], None], steps: int, windows: int,
-                 warmup: int) -> list[float]:
-  """Seconds per step of each timed window; `run_steps(n)` must block until done."""
-  run_steps(max(warmup, 1))  # Compiles (JAX) and warms caches; not timed.
-  per_step = []
-  for _ in range(windows):
-    start = time.perf_counter()
-    run_steps(steps)
-    per_step.append((time.perf_counter() - start) / steps)
-  return per_step
+def busy_cpu_s() -> tuple[float, float]:
+  """(CPU seconds busy on the whole machine, of which this process), so far."""
+  own = sum(os.times()[:2])
+  try:
+    with open("/proc/stat") as f:
+      fields = [int(v) for v in f.readline().split()[1:]]
+  except (OSError, ValueError):
+    return own, own
+  idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+  return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), own
+
+
+def time_window(run: Callable[[int], None], steps: int,
+                others: list[float] | None = None) -> float:
+  """Seconds per step over one window; `run(n)` must block until its work is done.
+
+  Appends to `others` the cores that other processes kept busy meanwhile.
+  """
+  busy0, own0 = busy_cpu_s()
+  start = time.perf_counter()
+  run(steps)
+  wall = time.perf_counter() - start
+  busy1, own1 = busy_cpu_s()
+  if others is not None:
+    others.append(max(0.0, (busy1 - busy0) - (own1 - own0)) / wall)
+  return wall / steps
+
+
+def median_call_s(run: Callable[[int], None], windows: int) -> float:
+  """Median seconds of one call, after one untimed (compiling) call."""
+  run(1)
+  return statistics.median(time_window(run, 1) for _ in range(windows))
+
+
+@dataclasses.dataclass
+class Runner:
+  """One framework's training loop: `run(n)` trains n steps and blocks."""
+
+  run: Callable[[int], None]
+  losses: list[float]
+  check: Callable[[], None] = lambda: None
+  parts: Callable[[], dict[str, Callable[[int], None]]] = dict
+  per_step: list[float] = dataclasses.field(default_factory=list)
+  others: list[float] = dataclasses.field(default_factory=list)  # Other processes' cores.
+  compile_s: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  hidden: int
+  layers: int
+  embed: int
+  batch: int
+  seq_len: int
+  vocab: int
 
 
 def make_task():
@@ -82,26 +135,24 @@ def make_task():
 
   config = char_rnn_config.get_config()
   config.model.cell = "lstm"
-  config.model.hidden_size = HIDDEN.value
-  config.model.num_layers = LAYERS.value
-  config.model.embed_dim = EMBED.value
-  config.data.batch_size = BATCH.value
-  config.data.seq_len = SEQ_LEN.value
-  if MAX_CHARS.value is not None:
-    config.data.max_chars = MAX_CHARS.value
-  return CharLMTask(config)
-
-
-def host_batches(task, count: int) -> list[dict]:
-  """`count` consecutive TBPTT batches (numpy), the first with `reset` True."""
-  it = task.train_batches()
-  return [next(it) for _ in range(count)]
+  for section, field, flag in (("model", "hidden_size", HIDDEN), ("model", "num_layers", LAYERS),
+                               ("model", "embed_dim", EMBED), ("data", "batch_size", BATCH),
+                               ("data", "seq_len", SEQ_LEN), ("data", "max_chars", MAX_CHARS)):
+    if flag.value is not None:
+      config[section][field] = flag.value
+  if not config.model.embed_dim:
+    raise app.UsageError("the PyTorch model needs an embedding; pass --embed_dim > 0")
+  task = CharLMTask(config)
+  m, d = config.model, config.data
+  shape = Shape(hidden=m.hidden_size, layers=m.num_layers, embed=m.embed_dim,
+                batch=d.batch_size, seq_len=d.seq_len, vocab=task.vocab.size)
+  return task, shape
 
 
 # --- mmzoo ---
 
 
-def bench_mmzoo(task, batches: list[dict]) -> dict:
+def mmzoo_runner(task, s: Shape, batches: list[dict]) -> Runner:
   import jax
 
   from mmzoo.train import loop, parallel
@@ -109,14 +160,14 @@ def bench_mmzoo(task, batches: list[dict]) -> dict:
   mesh = parallel.make_mesh()
   tx, init_fn, _, shardings = loop.abstract_train_state(task, mesh)
   state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(task.config.seed))
-  by_batch = parallel.batch_sharding(mesh)
   step_fn = jax.jit(functools.partial(loop.train_step, tx, task.loss_fn),
-                    in_shardings=(shardings, by_batch), out_shardings=(shardings, None),
-                    donate_argnums=0)
+                    in_shardings=(shardings, parallel.batch_sharding(mesh)),
+                    out_shardings=(shardings, None), donate_argnums=0)
   device_batches = [parallel.global_batch(b, mesh) for b in batches]
-  holder = {"state": state, "i": 0, "losses": []}
+  holder = {"state": state, "i": 0}
+  losses = []
 
-  def run_steps(n: int) -> None:
+  def run(n: int) -> None:
     state, metrics = holder["state"], None
     for _ in range(n):
       state, metrics = step_fn(state, device_batches[holder["i"] % len(device_batches)])
@@ -124,26 +175,25 @@ def bench_mmzoo(task, batches: list[dict]) -> dict:
     jax.block_until_ready((state, metrics))
     holder["state"] = state
     loss_sum, count = metrics["loss"]
-    holder["losses"].append(float(loss_sum) / float(count))
+    losses.append(float(loss_sum) / float(count))
 
-  compile_start = time.perf_counter()
-  run_steps(1)
-  compile_s = time.perf_counter() - compile_start
-  per_step = time_windows(run_steps, STEPS.value, WINDOWS.value, WARMUP.value)
-  if int(jax.device_get(holder["state"].bad_step)) >= 0:
-    raise FloatingPointError("mmzoo: non-finite loss during the benchmark")
-  result = {"per_step": per_step, "compile_s": compile_s, "first_loss": holder["losses"][0],
-            "last_loss": holder["losses"][-1]}
-  if BREAKDOWN.value:
-    result["parts"] = mmzoo_breakdown(task, tx, holder["state"], device_batches[1])
-  return result
+  def check() -> None:
+    if int(jax.device_get(holder["state"].bad_step)) >= 0:
+      raise FloatingPointError("mmzoo: non-finite loss or gradient during the benchmark")
+
+  def parts() -> dict[str, Callable[[int], None]]:
+    return mmzoo_parts(task, s, tx, holder["state"], device_batches[1])
+
+  return Runner(run=run, losses=losses, check=check, parts=parts)
 
 
-def mmzoo_breakdown(task, tx, state, batch) -> dict[str, float]:
-  """Seconds per call of parts of the train step (each jitted on its own)."""
+def mmzoo_parts(task, s: Shape, tx, state, batch) -> dict[str, Callable[[int], None]]:
+  """Parts of the train step, each jitted on its own (no donation)."""
   import jax
+  import jax.numpy as jnp
   import optax
 
+  from mmzoo.nn import recurrent
   from mmzoo.train import loop
 
   rng = jax.random.PRNGKey(1)
@@ -152,42 +202,50 @@ def mmzoo_breakdown(task, tx, state, batch) -> dict[str, float]:
   def loss(p):
     return task.loss_fn(p, carry, batch, rng)
 
-  grad = jax.jit(lambda p: jax.value_and_grad(loss, has_aux=True)(p)[1])
-
-  def bare_step(p, opt_state):
-    (_, (_, _)), g = jax.value_and_grad(loss, has_aux=True)(p)
+  def update(g, opt_state, p):
     updates, opt_state = tx.update(g, opt_state, p)
     return optax.apply_updates(p, updates), opt_state
 
-  def update(g, opt_state, p):
-    updates, opt_state = tx.update(g, opt_state, p)
-    return optax.apply_updates(p, updates), opt_state, optax.global_norm(g)
+  def bare_step(p, opt_state):
+    g = jax.grad(lambda p: loss(p)[0])(p)
+    return update(g, opt_state, p)
 
-  grads = grad(params)
-  parts = {
+  stack = recurrent.Recurrent(cell="lstm", hidden_size=s.hidden, num_layers=s.layers)
+  x = jax.random.normal(jax.random.PRNGKey(2), (s.batch, s.seq_len, s.embed))
+  cot = jax.random.normal(jax.random.PRNGKey(3), (s.batch, s.seq_len, s.hidden))
+
+  def stack_loss(p, x):
+    return jnp.vdot(stack.apply({"params": p}, x, initial_carry=carry)[0], cot)
+
+  grads = jax.jit(jax.grad(lambda p: loss(p)[0]))(params)
+  calls = {
       "forward + loss": (jax.jit(lambda p: loss(p)[0]), (params,)),
-      "forward + backward": (grad, (params,)),
+      "forward + backward (value_and_grad)": (
+          jax.jit(jax.value_and_grad(loss, has_aux=True)), (params,)),
+      "LSTM stack forward": (jax.jit(lambda p, x: stack.apply({"params": p}, x)[0]),
+                             (params["rnn"], x)),
+      "LSTM stack forward + backward": (jax.jit(jax.grad(stack_loss, argnums=(0, 1))),
+                                        (params["rnn"], x)),
       "optimizer update (clip + adam)": (jax.jit(update), (grads, state.opt_state, params)),
-      "fwd + bwd + update, no finite checks": (jax.jit(bare_step), (params, state.opt_state)),
-      "full train_step": (jax.jit(functools.partial(loop.train_step, tx, task.loss_fn)),
-                          (state, batch)),
+      "step without finite checks": (jax.jit(bare_step), (params, state.opt_state)),
+      "train_step (no donation)": (
+          jax.jit(functools.partial(loop.train_step, tx, task.loss_fn)), (state, batch)),
   }
-  out = {}
-  for name, (fn, args) in parts.items():
 
-    def run_steps(n, fn=fn, args=args):
+  def runner(fn, args):
+    def run(n):
       for _ in range(n):
-        r = fn(*args)
-      jax.block_until_ready(r)
+        out = fn(*args)
+      jax.block_until_ready(out)
+    return run
 
-    out[name] = statistics.median(time_windows(run_steps, STEPS.value, WINDOWS.value, 1))
-  return out
+  return {name: runner(fn, args) for name, (fn, args) in calls.items()}
 
 
 # --- PyTorch ---
 
 
-def bench_torch(vocab_size: int, batches: list[dict]) -> dict:
+def torch_runner(s: Shape, batches: list[dict]) -> Runner:
   import torch
   import torch.nn.functional as F
   from torch import nn
@@ -199,9 +257,9 @@ def bench_torch(vocab_size: int, batches: list[dict]) -> dict:
 
     def __init__(self):
       super().__init__()
-      self.embed = nn.Embedding(vocab_size, EMBED.value)
-      self.rnn = nn.LSTM(EMBED.value, HIDDEN.value, LAYERS.value, batch_first=True)
-      self.out = nn.Linear(HIDDEN.value, vocab_size)
+      self.embed = nn.Embedding(s.vocab, s.embed)
+      self.rnn = nn.LSTM(s.embed, s.hidden, s.layers, batch_first=True)
+      self.out = nn.Linear(s.hidden, s.vocab)
 
     def forward(self, tokens, hidden):
       h, hidden = self.rnn(self.embed(tokens), hidden)
@@ -212,17 +270,18 @@ def bench_torch(vocab_size: int, batches: list[dict]) -> dict:
   tensors = [{"inputs": torch.from_numpy(b["inputs"]).long(),
               "targets": torch.from_numpy(b["targets"]).long(),
               "reset": bool(b["reset"][0])} for b in batches]
-  zeros = torch.zeros(LAYERS.value, BATCH.value, HIDDEN.value)
-  holder = {"hidden": (zeros, zeros), "i": 0, "losses": []}
+  zeros = torch.zeros(s.layers, s.batch, s.hidden)
+  holder = {"hidden": (zeros, zeros), "i": 0}
+  losses = []
 
   def forward_loss(batch, hidden):
     if batch["reset"]:
       hidden = (zeros, zeros)
     logits, hidden = model(batch["inputs"], hidden)
-    loss = F.cross_entropy(logits.reshape(-1, vocab_size), batch["targets"].reshape(-1))
+    loss = F.cross_entropy(logits.reshape(-1, s.vocab), batch["targets"].reshape(-1))
     return loss, hidden
 
-  def run_steps(n: int) -> None:
+  def run(n: int) -> None:
     for _ in range(n):
       batch = tensors[holder["i"] % len(tensors)]
       holder["i"] += 1
@@ -232,13 +291,16 @@ def bench_torch(vocab_size: int, batches: list[dict]) -> dict:
       loss.backward()
       nn.utils.clip_grad_norm_(model.parameters(), 5.0)
       opt.step()
-    holder["losses"].append(loss.item())  # CPU ops are synchronous; this is a formality.
+    losses.append(loss.item())  # CPU ops are synchronous: the work is done here.
 
-  per_step = time_windows(run_steps, STEPS.value, WINDOWS.value, WARMUP.value + 1)
-  result = {"per_step": per_step, "first_loss": holder["losses"][0],
-            "last_loss": holder["losses"][-1]}
-  if BREAKDOWN.value:
+  def check() -> None:
+    if not all(math.isfinite(v) for v in losses):
+      raise FloatingPointError("torch: non-finite loss during the benchmark")
+
+  def parts() -> dict[str, Callable[[int], None]]:
     batch = tensors[1]
+    x = torch.randn(s.batch, s.seq_len, s.embed, requires_grad=True)
+    cot = torch.randn(s.batch, s.seq_len, s.hidden)
 
     def fwd(n):
       with torch.no_grad():
@@ -247,86 +309,34 @@ def bench_torch(vocab_size: int, batches: list[dict]) -> dict:
 
     def fwd_bwd(n):
       for _ in range(n):
-        opt.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         forward_loss(batch, holder["hidden"])[0].backward()
+
+    def stack_fwd(n):
+      with torch.no_grad():
+        for _ in range(n):
+          model.rnn(x, holder["hidden"])
+
+    def stack_fwd_bwd(n):
+      for _ in range(n):
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+        (model.rnn(x, holder["hidden"])[0] * cot).sum().backward()
 
     def update(n):
       for _ in range(n):
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
 
-    result["parts"] = {
-        "forward + loss": statistics.median(time_windows(fwd, STEPS.value, WINDOWS.value, 1)),
-        "forward + backward": statistics.median(
-            time_windows(fwd_bwd, STEPS.value, WINDOWS.value, 1)),
-        "optimizer update (clip + adam)": statistics.median(
-            time_windows(update, STEPS.value, WINDOWS.value, 1)),
-    }
-  return result
+    fwd_bwd(1)  # Leaves gradients for `update`.
+    return {"forward + loss": fwd, "forward + backward (value_and_grad)": fwd_bwd,
+            "LSTM stack forward": stack_fwd, "LSTM stack forward + backward": stack_fwd_bwd,
+            "optimizer update (clip + adam)": update}
+
+  return Runner(run=run, losses=losses, check=check, parts=parts)
 
 
 # --- Report ---
-
-
-def main(argv) -> None:
-  del argv
-  import jax
-
-  task = make_task()
-  vocab = task.vocab.size
-  tokens = BATCH.value * SEQ_LEN.value
-  flops = lstm_step_flops(BATCH.value, SEQ_LEN.value, EMBED.value, HIDDEN.value, LAYERS.value,
-                          vocab)
-  total_steps = 1 + max(WARMUP.value, 1) + STEPS.value * WINDOWS.value
-  batches = host_batches(task, min(total_steps, 64))
-  versions = {"jax": jax.__version__}
-  try:
-    import torch
-    versions["torch"] = torch.__version__
-  except ImportError:
-    pass
-  print(f"machine: {cpu_model()}, {os.cpu_count()} cores; python {platform.python_version()}; "
-        + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; jax devices {jax.devices()}")
-  print(f"model: {LAYERS.value}-layer LSTM, hidden {HIDDEN.value}, embed {EMBED.value}, "
-        f"vocab {vocab}; batch {BATCH.value} x seq_len {SEQ_LEN.value} = {tokens} tokens/step; "
-        f"{flops / 1e9:.1f} GFLOP/step (matmuls, fwd+bwd)")
-  print(f"timing: median of {WINDOWS.value} windows x {STEPS.value} steps, "
-        f"after compilation and {WARMUP.value} warm-up steps", flush=True)
-
-  results = {}
-  for name in FRAMEWORKS.value:
-    if name == "mmzoo":
-      results[name] = bench_mmzoo(task, batches)
-    elif name == "torch":
-      results[name] = bench_torch(vocab, batches)
-    else:
-      raise app.UsageError(f"unknown framework {name!r}")
-    r = results[name]
-    step_s = statistics.median(r["per_step"])
-    r["step_s"] = step_s
-    extra = f", compile {r['compile_s']:.1f} s" if "compile_s" in r else ""
-    print(f"  {name}: {step_s * 1e3:.0f} ms/step (windows: "
-          + " ".join(f"{s * 1e3:.0f}" for s in r["per_step"])
-          + f"), loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}{extra}", flush=True)
-
-  print()
-  print("| framework | ms/step | tokens/s | GFLOP/s (matmul) | spread (min-max ms) |")
-  print("|---|---:|---:|---:|---:|")
-  for name, r in results.items():
-    step_s = r["step_s"]
-    print(f"| {name} | {step_s * 1e3:.0f} | {tokens / step_s:,.0f} | {flops / step_s / 1e9:.1f} "
-          f"| {min(r['per_step']) * 1e3:.0f}-{max(r['per_step']) * 1e3:.0f} |")
-  if "mmzoo" in results and "torch" in results:
-    ratio = results["torch"]["step_s"] / results["mmzoo"]["step_s"]
-    print(f"\nratio mmzoo/torch (tokens/s): {ratio:.2f}")
-  if BREAKDOWN.value:
-    print("\n| part | " + " | ".join(f"{n} ms" for n in results) + " |")
-    print("|---|" + "---:|" * len(results))
-    names = list(dict.fromkeys(p for r in results.values() for p in r.get("parts", {})))
-    for part in names:
-      cells = [f"{r['parts'][part] * 1e3:.0f}" if part in r.get("parts", {}) else "-"
-               for r in results.values()]
-      print(f"| {part} | " + " | ".join(cells) + " |")
 
 
 def cpu_model() -> str:
@@ -338,6 +348,75 @@ def cpu_model() -> str:
   except OSError:
     pass
   return platform.processor() or "unknown CPU"
+
+
+def main(argv) -> None:
+  del argv
+  import jax
+
+  unknown = set(FRAMEWORKS.value) - {"mmzoo", "torch"}
+  if unknown:
+    raise app.UsageError(f"unknown frameworks {sorted(unknown)}; known: mmzoo, torch")
+  task, s = make_task()
+  vocab = s.vocab
+  tokens = s.batch * s.seq_len
+  flops = lstm_step_flops(s.batch, s.seq_len, s.embed, s.hidden, s.layers, vocab)
+  it = task.train_batches()
+  batches = [next(it) for _ in range(min(1 + WARMUP.value + STEPS.value * WINDOWS.value, 64))]
+  versions = f"jax {jax.__version__}"
+  if "torch" in FRAMEWORKS.value:
+    import torch
+    versions += f", torch {torch.__version__} ({os.cpu_count()} threads)"
+  print(f"machine: {cpu_model()}, {os.cpu_count()} cores; python {platform.python_version()}, "
+        f"{versions}; jax devices {jax.devices()}")
+  print(f"model: {s.layers}-layer LSTM, hidden {s.hidden}, embed {s.embed}, "
+        f"vocab {vocab}; batch {s.batch} x seq_len {s.seq_len} = {tokens} tokens/step; "
+        f"{flops / 1e9:.1f} GFLOP/step (matmuls, fwd+bwd)")
+  print(f"timing: median of {WINDOWS.value} alternating windows x {STEPS.value} steps, "
+        f"after compilation and {WARMUP.value} warm-up steps", flush=True)
+
+  runners = {}
+  for name in FRAMEWORKS.value:
+    runner = mmzoo_runner(task, s, batches) if name == "mmzoo" else torch_runner(s, batches)
+    start = time.perf_counter()
+    runner.run(1)
+    runner.compile_s = time.perf_counter() - start
+    if WARMUP.value:
+      runner.run(WARMUP.value)
+    runners[name] = runner
+  for _ in range(WINDOWS.value):
+    for runner in runners.values():
+      runner.per_step.append(time_window(runner.run, STEPS.value, runner.others))
+  for name, r in runners.items():
+    r.check()
+    print(f"  {name}: first step (incl. compile) {r.compile_s:.1f} s; windows (ms/step) "
+          + " ".join(f"{s * 1e3:.0f}" for s in r.per_step)
+          + "; other processes' load (cores) " + " ".join(f"{o:.1f}" for o in r.others)
+          + f"; loss {r.losses[0]:.3f} -> {r.losses[-1]:.3f}")
+  if max(o for r in runners.values() for o in r.others) > 0.2:
+    print(f"WARNING: other processes used CPU during timing (of {os.cpu_count()} cores); "
+          "the numbers are contaminated, rerun on a quiet machine", flush=True)
+
+  print()
+  print("| framework | ms/step | tokens/s | GFLOP/s (matmul) | windows min-max ms |")
+  print("|---|---:|---:|---:|---:|")
+  step_s = {name: statistics.median(r.per_step) for name, r in runners.items()}
+  for name, r in runners.items():
+    print(f"| {name} | {step_s[name] * 1e3:.0f} | {tokens / step_s[name]:,.0f} "
+          f"| {flops / step_s[name] / 1e9:.1f} "
+          f"| {min(r.per_step) * 1e3:.0f}-{max(r.per_step) * 1e3:.0f} |")
+  if len(step_s) == 2:
+    print(f"\nratio mmzoo/torch (tokens/s): {step_s['torch'] / step_s['mmzoo']:.2f}", flush=True)
+
+  if BREAKDOWN.value:
+    parts = {}
+    for name, r in runners.items():
+      parts[name] = {part: median_call_s(run, WINDOWS.value) for part, run in r.parts().items()}
+    print("\n| part (ms per call, median) | " + " | ".join(runners) + " |")
+    print("|---|" + "---:|" * len(runners))
+    for part in dict.fromkeys(p for d in parts.values() for p in d):
+      cells = [f"{d[part] * 1e3:.1f}" if part in d else "-" for d in parts.values()]
+      print(f"| {part} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

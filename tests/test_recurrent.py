@@ -5,10 +5,13 @@ only inside the `x64` fixture and restored afterwards), so that a 1e-5 tolerance
 on outputs, final states and gradients is a real check and not float32 noise.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from mmzoo.nn.recurrent import NUM_GATES, Recurrent, cell_step, from_torch
 
@@ -17,6 +20,11 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 B, T, F, H = 4, 6, 3, 5
 LENGTHS = np.array([6, 3, 1, 5])  # one full-length example, one of length 1
+
+
+# For the float64 tests: LLVM -O0 takes a third less compile time, and the HLO (so the
+# math) is the same.
+jit_o0 = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 @pytest.fixture
@@ -28,9 +36,14 @@ def x64():
 
 @pytest.fixture
 def torch():
-  return pytest.importorskip(
+  torch = pytest.importorskip(
     "torch", reason="torch is not importable; the PyTorch parity tests need it"
   )
+  # Tiny tensors: intra-op threads only spin against jax's (100x slower on 2 cores).
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield torch
+  torch.set_num_threads(threads)
 
 
 def _carry_h(carry, cell):
@@ -64,9 +77,25 @@ def _numpy_state_dict(tmod):
 # 1. Parity with PyTorch through from_torch.
 
 
-@pytest.mark.parametrize("mode", ["plain", "lengths", "init", "lengths+init"])
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("num_layers", [1, 2])
+# Every (layers, direction) pair runs with and without lengths, and once with an
+# explicit initial carry; the full 4-way cross would only add compile time.
+PARITY_CASES = [
+  (1, False, "plain"),
+  (1, False, "lengths+init"),
+  (1, True, "lengths"),
+  (1, True, "init"),
+  (2, False, "lengths"),
+  (2, False, "init"),
+  (2, True, "plain"),
+  (2, True, "lengths+init"),
+]
+
+
+@pytest.mark.parametrize(
+  "num_layers,bidirectional,mode",
+  PARITY_CASES,
+  ids=[f"{n}-{'bi' if b else 'uni'}-{m}" for n, b, m in PARITY_CASES],
+)
 @pytest.mark.parametrize("cell", CELLS)
 def test_torch_parity(torch, x64, cell, num_layers, bidirectional, mode):
   from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -124,9 +153,8 @@ def test_torch_parity(torch, x64, cell, num_layers, bidirectional, mode):
     return loss, (out, h, c)
 
   carry0 = _to_carry(h0_np, c0_np, cell) if use_init else None
-  (loss_j, (out_j, h_j, c_j)), (g_params, g_x, g_carry) = jax.value_and_grad(
-    loss_fn, argnums=(0, 1, 2), has_aux=True
-  )(params, jnp.asarray(x_np), carry0)
+  grad_fn = jit_o0(jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True))
+  (loss_j, (out_j, h_j, c_j)), (g_params, g_x, g_carry) = grad_fn(params, jnp.asarray(x_np), carry0)
   assert out_j.dtype == jnp.float64
 
   np.testing.assert_allclose(out_j, out_t.detach().numpy(), **TOL)
@@ -220,98 +248,188 @@ def test_cell_step_matches_torch_cell(torch, x64, cell):
 # 2. Finite-difference gradient check of each cell.
 
 
-def _random_cell_params(rng, cell, features, hidden):
-  g = NUM_GATES[cell] * hidden
-  return {
-    "w_ih": rng.normal(size=(features, g)) * 0.5,
-    "w_hh": rng.normal(size=(hidden, g)) * 0.5,
-    "b_ih": rng.normal(size=(g,)) * 0.5,
-    "b_hh": rng.normal(size=(g,)) * 0.5,
-  }
+def _fd_check(loss, args, grads, rng, per_leaf=3, eps=1e-6):
+  """Central differences of `loss(*args)` on `per_leaf` random entries of every leaf of
+  `args` against `grads` (same structure); float64."""
+  flat, unravel = ravel_pytree(args)
+  flat = np.asarray(flat)
+  g_flat = np.asarray(ravel_pytree(grads)[0])
+  assert flat.dtype == np.float64 and g_flat.shape == flat.shape
+  f = jit_o0(lambda v: loss(*unravel(v)))
+  offset = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
+    size = np.size(leaf)
+    for i in offset + rng.choice(size, size=min(per_leaf, size), replace=False):
+      plus, minus = flat.copy(), flat.copy()
+      plus[i] += eps
+      minus[i] -= eps
+      numeric = (float(f(plus)) - float(f(minus))) / (2 * eps)
+      analytic = g_flat[i]
+      assert abs(numeric - analytic) <= 1e-6 * (1 + abs(analytic)), (
+        f"d/d{jax.tree_util.keystr(path)}[{i - offset}]: finite difference {numeric} "
+        f"vs jax.grad {analytic}"
+      )
+    offset += size
+  assert offset == flat.size
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_cell_step_finite_differences(x64, cell):
   rng = np.random.default_rng(11 + CELLS.index(cell))
   batch, features, hidden = 2, 3, 4
-  is_lstm = cell == "lstm"
-  params = _random_cell_params(rng, cell, features, hidden)
-  inputs = {
-    "x": rng.normal(size=(batch, features)),
-    "h": rng.normal(size=(batch, hidden)),
-    "c": rng.normal(size=(batch, hidden)),
+  g = NUM_GATES[cell] * hidden
+  params = {
+    "w_ih": rng.normal(size=(features, g)) * 0.5,
+    "w_hh": rng.normal(size=(hidden, g)) * 0.5,
+    "b_ih": rng.normal(size=(g,)) * 0.5,
+    "b_hh": rng.normal(size=(g,)) * 0.5,
   }
-  w_h = rng.normal(size=(batch, hidden))
-  w_c = rng.normal(size=(batch, hidden))
+  x = rng.normal(size=(batch, features))
+  carry = (
+    tuple(rng.normal(size=(2, batch, hidden)))
+    if cell == "lstm"
+    else rng.normal(size=(batch, hidden))
+  )
+  w = rng.normal(size=(2, batch, hidden))
 
-  def loss(params, inputs):
-    carry = (inputs["h"], inputs["c"]) if is_lstm else inputs["h"]
-    new = cell_step(cell, params, inputs["x"], carry)
-    if is_lstm:
-      return jnp.sum(new[0] * w_h) + jnp.sum(new[1] * w_c)
-    return jnp.sum(new * w_h)
+  def loss(params, x, carry):
+    new = cell_step(cell, params, x, carry)
+    if cell == "lstm":
+      return jnp.sum(new[0] * w[0]) + jnp.sum(new[1] * w[1])
+    return jnp.sum(new * w[0])
 
-  as_jnp = lambda tree: jax.tree.map(jnp.asarray, tree)
-  g_params, g_inputs = jax.grad(loss, argnums=(0, 1))(as_jnp(params), as_jnp(inputs))
-  loss_jit = jax.jit(loss)
-  eps = 1e-6
+  args = jax.tree.map(jnp.asarray, (params, x, carry))
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args)
+  _fd_check(loss, args, grads, rng, per_leaf=4)
 
-  def check(tree, grads, name, num_entries=4):
-    arr = tree[name]
-    for flat in rng.choice(arr.size, size=min(num_entries, arr.size), replace=False):
-      idx = np.unravel_index(flat, arr.shape)
-      plus, minus = arr.copy(), arr.copy()
-      plus[idx] += eps
-      minus[idx] -= eps
-      f_plus = loss_jit(*as_jnp(_swap(tree, name, plus)))
-      f_minus = loss_jit(*as_jnp(_swap(tree, name, minus)))
-      numeric = (float(f_plus) - float(f_minus)) / (2 * eps)
-      analytic = float(grads[name][idx])
-      assert abs(numeric - analytic) <= 1e-6 * (1 + abs(analytic)), (
-        f"{cell} d/d{name}{idx}: finite difference {numeric} vs jax.grad {analytic}"
-      )
 
-  def _swap(tree, name, value):
-    new = dict(tree, **{name: value})
-    return (new, inputs) if tree is params else (params, new)
+@pytest.mark.parametrize("cell", CELLS)
+def test_recurrent_finite_differences(x64, cell):
+  """The scanned stack's gradient (a hand-written VJP) by central differences: 2 layers,
+  bidirectional, lengths and an initial carry."""
+  rng = np.random.default_rng(21 + CELLS.index(cell))
+  module, params = _float64_module(cell, 2, True)
+  x = rng.normal(size=(B, T, F))
+  carry = jax.tree.map(lambda z: rng.normal(size=z.shape), module.initialize_carry(B))
+  loss = _weighted_loss(module, jnp.asarray(LENGTHS), 1, x.shape[:2])
+  args = jax.tree.map(jnp.asarray, (params, x, carry))
+  grads = jit_o0(jax.grad(loss, argnums=(0, 1, 2)))(*args)
+  _fd_check(loss, args, grads, rng, per_leaf=2)
 
-  for name in ("w_ih", "w_hh", "b_ih", "b_hh"):
-    check(params, g_params, name)
-  for name in ("x", "h") + (("c",) if is_lstm else ()):
-    check(inputs, g_inputs, name)
-  if not is_lstm:
-    assert np.all(np.asarray(g_inputs["c"]) == 0.0)  # c is not an input of rnn/gru
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_unroll_is_speed_only(x64, cell):
+  """A scan unroll that does not divide the length: same outputs, carries, gradients."""
+  rng = np.random.default_rng(31 + CELLS.index(cell))
+  module, params = _float64_module(cell, 1, True)
+  steps = 5
+  x = rng.normal(size=(B, steps, F))
+  carry = jax.tree.map(lambda z: rng.normal(size=z.shape), module.initialize_carry(B))
+  lengths = jnp.asarray([5, 2, 1, 4])
+  loss = _weighted_loss(module, lengths, 2, (B, steps))
+  loss_unrolled = _weighted_loss(module.clone(unroll=2), lengths, 2, (B, steps))
+  args = jax.tree.map(jnp.asarray, (params, x, carry))
+  value_and_grad = lambda f: jit_o0(jax.value_and_grad(f, argnums=(0, 1, 2)))
+  _assert_trees_close(value_and_grad(loss_unrolled)(*args), value_and_grad(loss)(*args))
+
+
+def _float64_module(cell, num_layers, bidirectional):
+  sd = _fake_state_dict(cell, num_layers, bidirectional, seed=6, scale=0.5)
+  sd = {k: v.astype(np.float64) for k, v in sd.items()}
+  return from_torch(sd, cell, num_layers, bidirectional)
+
+
+def _weighted_loss(module, lengths, seed, batch_time):
+  """sum(outputs * w) + sum(final carry * w'), with random weights fixed by `seed`."""
+  rng = np.random.default_rng(seed)
+  nd = module.num_directions
+  w_out = rng.normal(size=(*batch_time, nd * module.hidden_size))
+  w_carry = rng.normal(size=(2, module.num_layers * nd, batch_time[0], module.hidden_size))
+
+  def loss(params, x, carry):
+    out, final = module.apply({"params": params}, x, lengths=lengths, initial_carry=carry)
+    total = jnp.sum(out * w_out)
+    for k, entry in enumerate(final):
+      for j, a in enumerate(jax.tree.leaves(entry)):
+        total = total + jnp.sum(a * w_carry[j, k])
+    return total
+
+  return loss
 
 
 # ----------------------------------------------------------------------------
 # Helpers for the module-level tests below (no torch needed).
 
 
-def _init(module, x, seed=0):
-  return module.init(jax.random.key(seed), x)["params"]
+def _fake_state_dict(cell, num_layers, bidirectional, hidden=H, features=F, seed=0, scale=1.0):
+  """A state dict with PyTorch's names and shapes, uniform in [-scale, scale]."""
+  rng = np.random.default_rng(seed)
+  g = NUM_GATES[cell] * hidden
+  nd = 2 if bidirectional else 1
+  u = lambda *shape: rng.uniform(-scale, scale, size=shape).astype(np.float32)
+  sd = {}
+  for layer in range(num_layers):
+    in_f = features if layer == 0 else nd * hidden
+    for suffix in ("", "_reverse") if bidirectional else ("",):
+      sd[f"weight_ih_l{layer}{suffix}"] = u(g, in_f)
+      sd[f"weight_hh_l{layer}{suffix}"] = u(g, hidden)
+      sd[f"bias_ih_l{layer}{suffix}"] = u(g)
+      sd[f"bias_hh_l{layer}{suffix}"] = u(g)
+  return sd
+
+
+def _random_module(cell, num_layers=2, bidirectional=False, seed=0):
+  """A Recurrent and random params in PyTorch's init range (via from_torch: no init compile)."""
+  sd = _fake_state_dict(cell, num_layers, bidirectional, seed=seed, scale=1.0 / np.sqrt(H))
+  module, params = from_torch(sd, cell, num_layers, bidirectional)
+  return module, {"params": params}
+
+
+def _jit_apply(module):
+  return jax.jit(module.apply, static_argnames=("deterministic",))
+
+
+def _assert_trees_close(actual, expected):
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, **TOL), actual, expected)
+
+
+def test_init_matches_from_torch_layout():
+  """module.init creates the layout from_torch produces, in PyTorch's init range."""
+  module = Recurrent(cell="lstm", hidden_size=H, num_layers=2, bidirectional=True)
+  _, variables = _random_module("lstm", 2, bidirectional=True)
+  shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 1, F)))
+  shape = lambda a: a.shape
+  assert jax.tree.map(shape, shapes) == jax.tree.map(shape, variables)
+  small = Recurrent(cell="gru", hidden_size=H)
+  bound = 1.0 / np.sqrt(H)
+  for w in jax.tree.leaves(jax.jit(small.init)(jax.random.key(0), jnp.zeros((1, 1, F)))):
+    assert np.all(np.abs(w) <= bound) and np.max(np.abs(w)) > 0.5 * bound
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_module_matches_cell_step_loop(cell):
   """The scanned stack equals looping cell_step over time, layer by layer."""
-  module = Recurrent(cell=cell, hidden_size=H, num_layers=2)
+  module, variables = _random_module(cell, 2, seed=1)
+  params = variables["params"]
   x = jax.random.normal(jax.random.key(1), (B, T, F))
-  params = _init(module, x)
   carry0 = jax.tree.map(
     lambda z: jax.random.normal(jax.random.key(2), z.shape), module.initialize_carry(B)
   )
-  out, final = module.apply({"params": params}, x, initial_carry=carry0)
 
-  layer_in = x
-  for layer in range(2):
-    carry = carry0[layer]
-    outs = []
-    for t in range(T):
-      carry = cell_step(cell, params[f"l{layer}"], layer_in[:, t], carry)
-      outs.append(carry[0] if cell == "lstm" else carry)
-    layer_in = jnp.stack(outs, axis=1)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), final[layer], carry)
-  np.testing.assert_allclose(out, layer_in, **TOL)
+  @jax.jit
+  def reference(x, carry0):
+    layer_in, finals = x, []
+    for layer in range(2):
+      carry, outs = carry0[layer], []
+      for t in range(T):
+        carry = cell_step(cell, params[f"l{layer}"], layer_in[:, t], carry)
+        outs.append(carry[0] if cell == "lstm" else carry)
+      layer_in = jnp.stack(outs, axis=1)
+      finals.append(carry)
+    return layer_in, tuple(finals)
+
+  _assert_trees_close(_jit_apply(module)(variables, x, initial_carry=carry0), reference(x, carry0))
 
 
 # ----------------------------------------------------------------------------
@@ -320,20 +438,19 @@ def test_module_matches_cell_step_loop(cell):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_tbptt_state_carry(cell):
-  module = Recurrent(cell=cell, hidden_size=H, num_layers=2)
+  module, variables = _random_module(cell, 2, seed=2)
+  apply = _jit_apply(module)
   x = jax.random.normal(jax.random.key(CELLS.index(cell)), (B, 2 * T, F))
-  params = _init(module, x)
-  apply = lambda *a, **k: module.apply({"params": params}, *a, **k)
 
-  out_full, carry_full = apply(x)
-  out_a, carry_a = apply(x[:, :T])
-  out_b, carry_b = apply(x[:, T:], initial_carry=carry_a)
+  out_full, carry_full = apply(variables, x)
+  out_a, carry_a = apply(variables, x[:, :T])
+  out_b, carry_b = apply(variables, x[:, T:], initial_carry=carry_a)
 
   assert len(carry_full) == 2
   np.testing.assert_allclose(jnp.concatenate([out_a, out_b], axis=1), out_full, **TOL)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), carry_b, carry_full)
+  _assert_trees_close(carry_b, carry_full)
   # The second chunk really depends on the carry: starting it from zeros differs.
-  out_b0, _ = apply(x[:, T:])
+  out_b0, _ = apply(variables, x[:, T:])
   assert np.max(np.abs(out_b0 - out_b)) > 1e-3
 
 
@@ -341,67 +458,61 @@ def test_tbptt_state_carry(cell):
 # 4. Lengths: the final carry is the state after each example's last valid step.
 
 
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_lengths_final_carry(cell, bidirectional):
-  module = Recurrent(cell=cell, hidden_size=H, num_layers=2, bidirectional=bidirectional)
+def test_lengths_final_carry(cell):
+  # Bidirectional covers both directions: forward is the unidirectional path.
+  module, variables = _random_module(cell, 2, bidirectional=True, seed=3)
+  apply = _jit_apply(module)
+  lengths = np.array([6, 3, 1, 3])
   k1, k2 = jax.random.split(jax.random.key(5 + CELLS.index(cell)))
   x = jax.random.normal(k1, (B, T, F))
   # Garbage of a different scale past each length: it must have no effect.
-  pad = (jnp.arange(T)[None, :, None] >= jnp.asarray(LENGTHS)[:, None, None]).astype(x.dtype)
+  pad = (np.arange(T)[None, :, None] >= lengths[:, None, None]).astype(np.float32)
   x = x + pad * 50.0 * jax.random.normal(k2, x.shape)
-  params = _init(module, x)
-  out, final = module.apply({"params": params}, x, lengths=jnp.asarray(LENGTHS))
+  out, final = apply(variables, x, lengths=jnp.asarray(lengths))
 
-  for b, length in enumerate(LENGTHS):
-    out_b, final_b = module.apply({"params": params}, x[b : b + 1, :length])
-    np.testing.assert_allclose(out[b : b + 1, :length], out_b, **TOL)
-    assert np.all(np.asarray(out)[b, length:] == 0.0)
-    ours = jax.tree.map(lambda a, b=b: a[b : b + 1], final)
-    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, **TOL), ours, final_b)
+  for length in np.unique(lengths):
+    idx = np.flatnonzero(lengths == length)
+    out_l, final_l = apply(variables, x[idx, :length])  # no lengths: all steps valid
+    np.testing.assert_allclose(out[idx, :length], out_l, **TOL)
+    assert np.all(np.asarray(out)[idx, length:] == 0.0)
+    _assert_trees_close(jax.tree.map(lambda a, idx=idx: a[idx], final), final_l)
 
 
 # ----------------------------------------------------------------------------
 # 5. Dropout between layers (PyTorch semantics: none after the last layer).
 
 
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_dropout_between_layers(bidirectional):
+def test_dropout_between_layers():
   x = jax.random.normal(jax.random.key(0), (B, T, F))
-  make = lambda layers, rate: Recurrent(
-    cell="lstm", hidden_size=H, num_layers=layers, bidirectional=bidirectional, dropout_rate=rate
-  )
   rngs = {"dropout": jax.random.key(42)}
-  nd = 2 if bidirectional else 1
+  bidirectional, nd = True, 2
 
   # Two layers.
-  params = _init(make(2, 0.0), x)
-  variables = {"params": params}
-  out_ref, carry_ref = make(2, 0.0).apply(variables, x)
-  out_det, carry_det = make(2, 0.5).apply(variables, x, deterministic=True)
+  plain, variables = _random_module("lstm", 2, bidirectional, seed=4)
+  dropped = plain.clone(dropout_rate=0.5)
+  out_ref, carry_ref = _jit_apply(plain)(variables, x)
+  apply = _jit_apply(dropped)
+  out_det, carry_det = apply(variables, x, deterministic=True)
   np.testing.assert_array_equal(out_det, out_ref)
   jax.tree.map(np.testing.assert_array_equal, carry_det, carry_ref)
 
-  out_drop, carry_drop = make(2, 0.5).apply(variables, x, deterministic=False, rngs=rngs)
+  out_drop, carry_drop = apply(variables, x, deterministic=False, rngs=rngs)
   assert np.max(np.abs(out_drop - out_ref)) > 1e-3, "dropout did not change a 2-layer stack"
   # Layer 0 runs before any dropout; layer 1 sees dropped-out inputs.
   jax.tree.map(np.testing.assert_array_equal, carry_drop[:nd], carry_ref[:nd])
-  assert all(
-    np.max(np.abs(a - b)) > 1e-3
-    for a, b in zip(
-      jax.tree.leaves(carry_drop[nd:]), jax.tree.leaves(carry_ref[nd:]), strict=True
-    )
-  )
+  for a, b in zip(jax.tree.leaves(carry_drop[nd:]), jax.tree.leaves(carry_ref[nd:]), strict=True):
+    assert np.max(np.abs(a - b)) > 1e-3
   # A different dropout rng gives a different result.
-  out_drop2, _ = make(2, 0.5).apply(
-    variables, x, deterministic=False, rngs={"dropout": jax.random.key(43)}
-  )
+  out_drop2, _ = apply(variables, x, deterministic=False, rngs={"dropout": jax.random.key(43)})
   assert np.max(np.abs(out_drop2 - out_drop)) > 1e-3
 
   # One layer: nothing to drop between layers.
-  params1 = {"params": _init(make(1, 0.0), x)}
-  out1_ref, carry1_ref = make(1, 0.0).apply(params1, x)
-  out1_drop, carry1_drop = make(1, 0.5).apply(params1, x, deterministic=False, rngs=rngs)
+  plain1, variables1 = _random_module("lstm", 1, seed=5)
+  out1_ref, carry1_ref = _jit_apply(plain1)(variables1, x)
+  out1_drop, carry1_drop = _jit_apply(plain1.clone(dropout_rate=0.5))(
+    variables1, x, deterministic=False, rngs=rngs
+  )
   np.testing.assert_array_equal(out1_drop, out1_ref)
   jax.tree.map(np.testing.assert_array_equal, carry1_drop, carry1_ref)
 
@@ -410,28 +521,14 @@ def test_dropout_between_layers(bidirectional):
 # 6. from_torch input validation (plain numpy state dicts; torch not needed).
 
 
-def _fake_state_dict(cell, num_layers, bidirectional, hidden=H, features=F):
-  rng = np.random.default_rng(0)
-  g = NUM_GATES[cell] * hidden
-  nd = 2 if bidirectional else 1
-  sd = {}
-  for layer in range(num_layers):
-    in_f = features if layer == 0 else nd * hidden
-    for suffix in ("", "_reverse") if bidirectional else ("",):
-      sd[f"weight_ih_l{layer}{suffix}"] = rng.normal(size=(g, in_f)).astype(np.float32)
-      sd[f"weight_hh_l{layer}{suffix}"] = rng.normal(size=(g, hidden)).astype(np.float32)
-      sd[f"bias_ih_l{layer}{suffix}"] = rng.normal(size=(g,)).astype(np.float32)
-      sd[f"bias_hh_l{layer}{suffix}"] = rng.normal(size=(g,)).astype(np.float32)
-  return sd
-
-
 def test_from_torch_accepts_well_formed_state_dict():
   sd = _fake_state_dict("gru", 2, True)
   module, params = from_torch(sd, "gru", 2, bidirectional=True)
   assert sorted(params) == ["l0", "l0_reverse", "l1", "l1_reverse"]
   np.testing.assert_array_equal(params["l1_reverse"]["w_ih"], sd["weight_ih_l1_reverse"].T)
   np.testing.assert_array_equal(params["l0"]["b_hh"], sd["bias_hh_l0"])
-  out, carry = module.apply({"params": params}, jnp.zeros((2, 3, F)))
+  assert module == Recurrent(cell="gru", hidden_size=H, num_layers=2, bidirectional=True)
+  out, carry = jax.eval_shape(module.apply, {"params": params}, jnp.zeros((2, 3, F)))
   assert out.shape == (2, 3, 2 * H) and len(carry) == 4
 
 

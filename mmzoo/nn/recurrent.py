@@ -21,6 +21,7 @@ for RNN/GRU and `(h, c)` for LSTM, each `<float32>[batch, hidden]`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -34,6 +35,7 @@ CellKind = Literal["rnn", "lstm", "gru"]
 NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 Initializer = Callable[[jax.Array, Sequence[int], Any], jax.Array]
 Carry = Any  # tuple over layer*direction of h or (h, c)
+DEFAULT_UNROLL = 1
 
 
 def torch_default_init(hidden_size: int) -> Initializer:
@@ -46,28 +48,47 @@ def torch_default_init(hidden_size: int) -> Initializer:
   return init
 
 
-def _cell_update(cell: CellKind, xw: jax.Array, h: jax.Array, c: jax.Array | None,
-                 w_hh: jax.Array, b_hh: jax.Array | None):
-  """One step of a cell given the precomputed input projection `xw`.
+def _cell_forward(cell: CellKind, xw: jax.Array, h: jax.Array, c: jax.Array | None,
+                  w_hh: jax.Array, b_x: jax.Array | None, b_h: jax.Array | None):
+  """One step of a cell given the input projection `xw = x W_ih` (no bias).
 
-  For RNN and LSTM `b_hh` is already folded into `xw` (pass None); the GRU
-  needs it separately because the reset gate multiplies `W_hn h + b_hn`.
-  Returns `(h', c')` (c' is None except for LSTM).
+  `b_x` is the bias added to `xw` (for RNN/LSTM `b_ih + b_hh`, for GRU
+  `b_ih`) and `b_h` the GRU's `b_hh`, which its reset gate multiplies (None
+  for RNN/LSTM); either may be None for no bias.
+
+  Returns `(h', c', act, hn)`: c' is None except for LSTM; `act`, shaped like
+  `xw`, holds the activations the hand-written backward pass needs (`h'` for
+  RNN, the gates `[i, f, g, o]` for LSTM, `[r, z, n]` for GRU) and `hn` is the
+  GRU's `W_hn h + b_hn` (None for RNN/LSTM).
   """
   hw = h @ w_hh
+  if b_x is not None:
+    xw = xw + b_x
   if cell == "rnn":
-    return jnp.tanh(xw + hw), None
+    h_new = jnp.tanh(xw + hw)
+    return h_new, None, h_new, None
   if cell == "lstm":
     i, f, g, o = jnp.split(xw + hw, 4, axis=-1)
-    c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    return jax.nn.sigmoid(o) * jnp.tanh(c_new), c_new
-  hw = hw + b_hh
+    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    c_new = f * c + i * g
+    return o * jnp.tanh(c_new), c_new, jnp.concatenate([i, f, g, o], axis=-1), None
+  if b_h is not None:
+    hw = hw + b_h
   xr, xz, xn = jnp.split(xw, 3, axis=-1)
   hr, hz, hn = jnp.split(hw, 3, axis=-1)
   r = jax.nn.sigmoid(xr + hr)
   z = jax.nn.sigmoid(xz + hz)
   n = jnp.tanh(xn + r * hn)
-  return (1.0 - z) * n + z * h, None
+  return (1.0 - z) * n + z * h, None, jnp.concatenate([r, z, n], axis=-1), hn
+
+
+def _split_biases(cell: CellKind, b_ih: jax.Array | None, b_hh: jax.Array | None):
+  """PyTorch's two biases as `(b_x, b_h)` for `_cell_forward`."""
+  if cell == "gru":
+    return b_ih, b_hh
+  if b_ih is None or b_hh is None:
+    return (b_hh if b_ih is None else b_ih), None
+  return b_ih + b_hh, None
 
 
 def cell_step(cell: CellKind, params: Mapping[str, jax.Array], x: jax.Array, carry):
@@ -76,14 +97,10 @@ def cell_step(cell: CellKind, params: Mapping[str, jax.Array], x: jax.Array, car
   The scanned `Recurrent` module computes the same thing; this form is what
   step-by-step decoders and the finite-difference tests use.
   """
-  xw = x @ params["w_ih"] + params["b_ih"]
-  if cell == "lstm":
-    h, c = carry
-    h, c = _cell_update(cell, xw + params["b_hh"], h, c, params["w_hh"], None)
-    return (h, c)
-  if cell == "rnn":
-    return _cell_update(cell, xw + params["b_hh"], carry, None, params["w_hh"], None)[0]
-  return _cell_update(cell, xw, carry, None, params["w_hh"], params["b_hh"])[0]
+  b_x, b_h = _split_biases(cell, params["b_ih"], params["b_hh"])
+  h, c = carry if cell == "lstm" else (carry, None)
+  h, c, _, _ = _cell_forward(cell, x @ params["w_ih"], h, c, params["w_hh"], b_x, b_h)
+  return (h, c) if cell == "lstm" else h
 
 
 def reverse_within_lengths(x: jax.Array, lengths: jax.Array | None) -> jax.Array:
@@ -101,30 +118,67 @@ def reverse_within_lengths(x: jax.Array, lengths: jax.Array | None) -> jax.Array
   return jnp.take_along_axis(x, src, axis=0)
 
 
-def scan_layer(cell: CellKind, xw: jax.Array, w_hh: jax.Array, b_hh: jax.Array | None,
-               carry, mask: jax.Array | None, unroll: int = 1):
-  """Runs one direction of one layer over time.
+def recurrent_layer(cell: CellKind, x: jax.Array, w_ih: jax.Array, b_ih: jax.Array | None,
+                    w_hh: jax.Array, b_hh: jax.Array | None, carry, mask: jax.Array | None,
+                    unroll: int = DEFAULT_UNROLL):
+  """Runs one direction of one layer over time-major inputs.
+
+  The input projection `x W_ih` of all steps is one large matmul before the
+  loop; only `h W_hh` and the gate math run step by step. Differentiable
+  with a hand-written backward pass (see `_recurrence_bwd`), as cuDNN and
+  PyTorch do it: its loop computes only the gates' pre-activation gradients
+  and `dh`; `dW_ih`, `dW_hh` and `dx` are then large matmuls over all steps.
+  Forward-mode differentiation (`jax.jvp`) is not supported.
 
   Args:
     cell: the cell kind.
-    xw: `<float32>[time, batch, gates * hidden]`, the input projection (with
-      `b_hh` folded in for RNN/LSTM).
+    x: `<float32>[time, batch, features]`.
+    w_ih: `<float32>[features, gates * hidden]`.
+    b_ih: `<float32>[gates * hidden]` or None.
     w_hh: `<float32>[hidden, gates * hidden]`.
-    b_hh: the hidden bias for GRU, else None.
+    b_hh: `<float32>[gates * hidden]` or None.
     carry: `h` or `(h, c)`, each `<float32>[batch, hidden]`.
     mask: `<bool>[time, batch, 1]`, False past an example's length, or None.
-    unroll: scan unroll factor.
+    unroll: loop unroll factor (speed only).
 
   Returns:
     `(outputs <float32>[time, batch, hidden], final carry)`; outputs are zero
     where the mask is False and the carry stops updating there.
   """
-  is_lstm = cell == "lstm"
+  if x.shape[0] == 0:
+    return jnp.zeros((0, x.shape[1], w_hh.shape[0]), x.dtype), carry
+  return _recurrence(cell, unroll, x, w_ih, b_ih, w_hh, b_hh, carry, mask)
 
-  def step(carry, inputs):
-    xw_t, m_t = inputs
+
+def scan_layer(cell: CellKind, xw: jax.Array, w_hh: jax.Array, b_hh: jax.Array | None,
+               carry, mask: jax.Array | None, unroll: int = DEFAULT_UNROLL):
+  """`recurrent_layer` given the input projection `xw` instead of `x` and `W_ih`.
+
+  `xw` is `<float32>[time, batch, gates * hidden]` with `b_ih` added and, for
+  RNN/LSTM, `b_hh` too (pass `b_hh=None`); the GRU takes `b_hh` separately
+  because its reset gate multiplies `W_hn h + b_hn`.
+  """
+  if xw.shape[0] == 0:
+    return jnp.zeros((0, xw.shape[1], w_hh.shape[0]), xw.dtype), carry
+  return _recurrence(cell, unroll, xw, None, None, w_hh, b_hh, carry, mask)
+
+
+def _recurrence_forward(cell: CellKind, unroll: int, x, w_ih, b_ih, w_hh, b_hh, carry, mask,
+                        save: bool):
+  """The forward loop: `(final carry, outputs)`, and with `save` the residuals.
+
+  The residuals are `(act, h_prev, c_prev, hn)` (None where a cell has no
+  such value), each stacked over time; `act` (see `_cell_forward`) is written
+  over the input projection `xw` step by step, in place, so that saving it
+  takes neither a new buffer nor a pass to zero one.
+  """
+  is_lstm = cell == "lstm"
+  xw = x if w_ih is None else x @ w_ih  # all time steps in one matmul
+  b_x, b_h = _split_biases(cell, b_ih, b_hh)
+
+  def cell_step(carry, xw_t, m_t):
     h, c = carry if is_lstm else (carry, None)
-    h_new, c_new = _cell_update(cell, xw_t, h, c, w_hh, b_hh)
+    h_new, c_new, act, hn = _cell_forward(cell, xw_t, h, c, w_hh, b_x, b_h)
     if m_t is not None:
       h_new = jnp.where(m_t, h_new, h)
       out = jnp.where(m_t, h_new, 0.0)
@@ -132,10 +186,140 @@ def scan_layer(cell: CellKind, xw: jax.Array, w_hh: jax.Array, b_hh: jax.Array |
         c_new = jnp.where(m_t, c_new, c)
     else:
       out = h_new
-    return ((h_new, c_new) if is_lstm else h_new), out
+    return ((h_new, c_new) if is_lstm else h_new), out, act, (h, c, hn)
 
-  carry, outputs = jax.lax.scan(step, carry, (xw, mask), unroll=unroll)
+  if not save:
+    def step(carry, inputs):
+      carry, out, _, _ = cell_step(carry, *inputs)
+      return carry, out
+
+    return jax.lax.scan(step, carry, (xw, mask), unroll=unroll)
+
+  num_steps = xw.shape[0]
+
+  def save_step(carry, inputs):
+    carry, buf, xw_t = carry
+    t, m_t = inputs
+    carry, out, act, saved = cell_step(carry, xw_t, m_t)
+    # `buf` is only written here and read after the write (the next step's
+    # input), which lets XLA update it in place rather than copy it each step.
+    buf = jax.lax.dynamic_update_index_in_dim(buf, act, t, 0)
+    xw_next = jax.lax.dynamic_index_in_dim(buf, jnp.minimum(t + 1, num_steps - 1), keepdims=False)
+    # The input carry: h_{t-1} for dW_hh (and the GRU's dz), c_{t-1} for df.
+    return (carry, buf, xw_next), (out, *saved)
+
+  init = (carry, xw, xw[0])
+  (carry, act, _), (outputs, *saved) = jax.lax.scan(
+      save_step, init, (jnp.arange(num_steps), mask), unroll=unroll)
+  return carry, outputs, (act, *saved)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _recurrence(cell: CellKind, unroll: int, x, w_ih, b_ih, w_hh, b_hh, carry, mask):
+  carry, outputs = _recurrence_forward(cell, unroll, x, w_ih, b_ih, w_hh, b_hh, carry, mask,
+                                       save=False)
   return outputs, carry
+
+
+def _recurrence_fwd(cell: CellKind, unroll: int, x, w_ih, b_ih, w_hh, b_hh, carry, mask):
+  final, outputs, saved = _recurrence_forward(cell, unroll, x, w_ih, b_ih, w_hh, b_hh, carry,
+                                              mask, save=True)
+  final_c = final[1] if cell == "lstm" else None
+  residuals = (x, w_ih, b_ih, w_hh, b_hh, mask, final_c, saved)
+  return (outputs, final), residuals
+
+
+def _recurrence_bwd(cell: CellKind, unroll: int, residuals, cotangents):
+  """Backward of `_recurrence`: a reverse loop for the pre-activation gradients.
+
+  Per step it computes only the gates' pre-activation gradient `dz_t` (written
+  over the saved activations, in place) and `dh_{t-1} = dz_t W_hh^T` (+ the
+  GRU's direct path); the weight gradients (`dW_hh = sum_t h_{t-1}^T dz_t`,
+  ...) and `dx` are then one matmul each over all steps.
+  """
+  is_lstm = cell == "lstm"
+  x, w_ih, b_ih, w_hh, b_hh, mask, final_c, (act, h_prev, c_prev, hn) = residuals
+  d_out, d_final = cotangents
+  w_hh_t = w_hh.T
+
+  def step(carry, inputs):
+    t, d_out_t, h_prev_t, c_prev_t, hn_t, m_t = inputs
+    if is_lstm:
+      dh, dc, c_t, buf, act_t = carry
+    else:
+      (dh, buf, act_t), dc, c_t = carry, None, None
+    # Past an example's length the step passes the carry through unchanged.
+    dh_new = dh + d_out_t
+    if m_t is not None:
+      dh_new = jnp.where(m_t, dh_new, 0.0)
+      dh_skip = jnp.where(m_t, 0.0, dh)
+    dhw = None
+    if cell == "rnn":
+      dz = dh_new * (1.0 - act_t * act_t)
+      dh_prev = dz @ w_hh_t
+    elif is_lstm:
+      i, f, g, o = jnp.split(act_t, 4, axis=-1)
+      if m_t is not None:
+        dc_new = jnp.where(m_t, dc, 0.0)
+        dc_skip = jnp.where(m_t, 0.0, dc)
+      else:
+        dc_new = dc
+      tc = jnp.tanh(c_t)  # masked steps have c_t = c_{t-1}, but zero gradients there
+      dc_new = dc_new + dh_new * o * (1.0 - tc * tc)
+      dz = jnp.concatenate([dc_new * g * i * (1.0 - i),
+                            dc_new * c_prev_t * f * (1.0 - f),
+                            dc_new * i * (1.0 - g * g),
+                            dh_new * tc * o * (1.0 - o)], axis=-1)
+      dh_prev = dz @ w_hh_t
+      dc_prev = dc_new * f
+      if m_t is not None:
+        dc_prev = dc_prev + dc_skip
+    else:
+      r, z, n = jnp.split(act_t, 3, axis=-1)
+      dn = dh_new * (1.0 - z) * (1.0 - n * n)
+      dr = dn * hn_t * r * (1.0 - r)
+      dzg = dh_new * (h_prev_t - n) * z * (1.0 - z)
+      dz = jnp.concatenate([dr, dzg, dn], axis=-1)
+      dhw = jnp.concatenate([dr, dzg, dn * r], axis=-1)
+      dh_prev = dh_new * z + dhw @ w_hh_t
+    if m_t is not None:
+      dh_prev = dh_prev + dh_skip
+    # As in the forward loop: write `buf`, then read the next step's input.
+    buf = jax.lax.dynamic_update_index_in_dim(buf, dz, t, 0)
+    act_next = jax.lax.dynamic_index_in_dim(buf, jnp.maximum(t - 1, 0), keepdims=False)
+    if is_lstm:
+      return (dh_prev, dc_prev, c_prev_t, buf, act_next), dhw
+    return (dh_prev, buf, act_next), dhw
+
+  num_steps = act.shape[0]
+  act_last = act[num_steps - 1]
+  init = (d_final[0], d_final[1], final_c, act, act_last) if is_lstm else (d_final, act, act_last)
+  d_carry, dhw = jax.lax.scan(step, init, (jnp.arange(num_steps), d_out, h_prev, c_prev, hn, mask),
+                              reverse=True, unroll=unroll)
+  dxw = d_carry[-2]
+  if dhw is None:
+    dhw = dxw
+  d_carry = (d_carry[0], d_carry[1]) if is_lstm else d_carry[0]
+
+  def weight_grad(inputs, d):  # sum over time and batch of inputs^T d, as one matmul
+    rows = inputs.shape[0] * inputs.shape[1]
+    return inputs.reshape(rows, -1).T @ d.reshape(rows, -1)
+
+  d_w_hh = weight_grad(h_prev, dhw)
+  d_b_x = dxw.sum(axis=(0, 1))
+  d_b_ih = None if b_ih is None else d_b_x
+  if b_hh is not None:
+    d_b_hh = dhw.sum(axis=(0, 1)) if cell == "gru" else d_b_x
+  else:
+    d_b_hh = None
+  if w_ih is None:
+    d_x, d_w_ih = dxw, None
+  else:
+    d_x, d_w_ih = dxw @ w_ih.T, weight_grad(x, dxw)
+  return d_x, d_w_ih, d_b_ih, d_w_hh, d_b_hh, d_carry, None
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
 class _LayerWeights(nn.Module):
@@ -230,12 +414,9 @@ class Recurrent(nn.Module):
         w = _LayerWeights(in_features, self.hidden_size, gates, kernel_init, bias_init,
                           inputs.dtype, name=name)()
         x_dir = reverse_within_lengths(x, lengths) if direction else x
-        xw = x_dir @ w["w_ih"] + w["b_ih"]  # all time steps in one matmul
-        b_hh = w["b_hh"] if self.cell == "gru" else None
-        if b_hh is None:
-          xw = xw + w["b_hh"]
         carry = initial_carry[layer * self.num_directions + direction]
-        out, carry = scan_layer(self.cell, xw, w["w_hh"], b_hh, carry, mask, self.unroll)
+        out, carry = recurrent_layer(self.cell, x_dir, w["w_ih"], w["b_ih"], w["w_hh"],
+                                     w["b_hh"], carry, mask, self.unroll)
         outputs.append(reverse_within_lengths(out, lengths) if direction else out)
         final_carry.append(carry)
       x = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
