@@ -39,6 +39,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -88,7 +89,8 @@ def time_window(run: Callable[[int], None], steps: int,
                 others: list[float] | None = None) -> float:
   """Seconds per step over one window; `run(n)` must block until its work is done.
 
-  Appends to `others` the cores that other processes kept busy meanwhile.
+  Appends to `others` the cores that other processes kept busy meanwhile (NaN
+  for windows under 0.2 s, too short for the kernel's 10 ms accounting).
   """
   busy0, own0 = busy_cpu_s()
   start = time.perf_counter()
@@ -96,14 +98,18 @@ def time_window(run: Callable[[int], None], steps: int,
   wall = time.perf_counter() - start
   busy1, own1 = busy_cpu_s()
   if others is not None:
-    others.append(max(0.0, (busy1 - busy0) - (own1 - own0)) / wall)
+    load = min(max(0.0, (busy1 - busy0) - (own1 - own0)) / wall, float(os.cpu_count()))
+    others.append(load if wall >= 0.2 else math.nan)
   return wall / steps
 
 
-def median_call_s(run: Callable[[int], None], windows: int) -> float:
-  """Median seconds of one call, after one untimed (compiling) call."""
+def median_call_s(run: Callable[[int], None], windows: int) -> tuple[float, float]:
+  """Median seconds of one call, after one untimed (compiling) call, and the
+  most cores other processes kept busy during a call."""
   run(1)
-  return statistics.median(time_window(run, 1) for _ in range(windows))
+  others = []
+  median = statistics.median(time_window(run, 1, others) for _ in range(windows))
+  return median, max((o for o in others if not math.isnan(o)), default=math.nan)
 
 
 @dataclasses.dataclass
@@ -350,6 +356,20 @@ def cpu_model() -> str:
   return platform.processor() or "unknown CPU"
 
 
+def mmzoo_revision() -> str:
+  """The checkout's commit, and whether mmzoo/ has uncommitted changes."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    git = functools.partial(subprocess.run, cwd=root, capture_output=True, text=True,
+                            check=True, timeout=10)
+    commit = git(["git", "rev-parse", "--short", "HEAD"]).stdout.strip()
+    dirty = git(["git", "status", "--porcelain", "--", "mmzoo"]).stdout.split()
+  except (OSError, subprocess.SubprocessError):
+    return "unknown revision"
+  changed = [p for p in dirty if p.startswith("mmzoo/")]
+  return commit + (f" + uncommitted {', '.join(changed)}" if changed else "")
+
+
 def main(argv) -> None:
   del argv
   import jax
@@ -368,7 +388,7 @@ def main(argv) -> None:
     import torch
     versions += f", torch {torch.__version__} ({os.cpu_count()} threads)"
   print(f"machine: {cpu_model()}, {os.cpu_count()} cores; python {platform.python_version()}, "
-        f"{versions}; jax devices {jax.devices()}")
+        f"{versions}; jax devices {jax.devices()}; mmzoo {mmzoo_revision()}")
   print(f"model: {s.layers}-layer LSTM, hidden {s.hidden}, embed {s.embed}, "
         f"vocab {vocab}; batch {s.batch} x seq_len {s.seq_len} = {tokens} tokens/step; "
         f"{flops / 1e9:.1f} GFLOP/step (matmuls, fwd+bwd)")
@@ -390,10 +410,10 @@ def main(argv) -> None:
   for name, r in runners.items():
     r.check()
     print(f"  {name}: first step (incl. compile) {r.compile_s:.1f} s; windows (ms/step) "
-          + " ".join(f"{s * 1e3:.0f}" for s in r.per_step)
+          + " ".join(f"{t * 1e3:.0f}" for t in r.per_step)
           + "; other processes' load (cores) " + " ".join(f"{o:.1f}" for o in r.others)
           + f"; loss {r.losses[0]:.3f} -> {r.losses[-1]:.3f}")
-  if max(o for r in runners.values() for o in r.others) > 0.2:
+  if any(o > 0.2 for r in runners.values() for o in r.others):
     print(f"WARNING: other processes used CPU during timing (of {os.cpu_count()} cores); "
           "the numbers are contaminated, rerun on a quiet machine", flush=True)
 
@@ -415,7 +435,8 @@ def main(argv) -> None:
     print("\n| part (ms per call, median) | " + " | ".join(runners) + " |")
     print("|---|" + "---:|" * len(runners))
     for part in dict.fromkeys(p for d in parts.values() for p in d):
-      cells = [f"{d[part] * 1e3:.1f}" if part in d else "-" for d in parts.values()]
+      cells = [f"{d[part][0] * 1e3:.1f}" + (" (busy machine)" if d[part][1] > 0.2 else "")
+               if part in d else "-" for d in parts.values()]
       print(f"| {part} | " + " | ".join(cells) + " |")
 
 

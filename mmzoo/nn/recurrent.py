@@ -103,25 +103,29 @@ def cell_step(cell: CellKind, params: Mapping[str, jax.Array], x: jax.Array, car
   return (h, c) if cell == "lstm" else h
 
 
-def reverse_within_lengths(x: jax.Array, lengths: jax.Array | None) -> jax.Array:
-  """Reverses `<T>[time, batch, ...]` along time, each example within its length.
+def reverse_within_lengths(x: jax.Array, lengths: jax.Array | None,
+                           time_axis: int = 0) -> jax.Array:
+  """Reverses `x` along `time_axis`, each example within its length.
 
-  Positions at or past an example's length stay where they are, so this is its
-  own inverse and padding never moves into the valid region.
+  `x` is `<T>[time, batch, ...]` (or `[batch, time, ...]` with
+  `time_axis=1`). Positions at or past an example's length stay where they
+  are, so this is its own inverse and padding never moves into the valid region.
   """
-  num_steps = x.shape[0]
+  num_steps = x.shape[time_axis]
   if lengths is None:
-    return x[::-1]
+    return jnp.flip(x, time_axis)
   t = jnp.arange(num_steps)[:, None]  # [time, 1]
   src = jnp.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # [time, batch]
+  if time_axis == 1:
+    src = src.T
   src = src.reshape(src.shape + (1,) * (x.ndim - 2))
-  return jnp.take_along_axis(x, src, axis=0)
+  return jnp.take_along_axis(x, src, axis=time_axis)
 
 
 def recurrent_layer(cell: CellKind, x: jax.Array, w_ih: jax.Array, b_ih: jax.Array | None,
                     w_hh: jax.Array, b_hh: jax.Array | None, carry, mask: jax.Array | None,
-                    unroll: int = DEFAULT_UNROLL):
-  """Runs one direction of one layer over time-major inputs.
+                    unroll: int = DEFAULT_UNROLL, time_axis: int = 0):
+  """Runs one direction of one layer over time.
 
   The input projection `x W_ih` of all steps is one large matmul before the
   loop; only `h W_hh` and the gate math run step by step. Differentiable
@@ -132,22 +136,26 @@ def recurrent_layer(cell: CellKind, x: jax.Array, w_ih: jax.Array, b_ih: jax.Arr
 
   Args:
     cell: the cell kind.
-    x: `<float32>[time, batch, features]`.
+    x: `<float32>[time, batch, features]`, or `[batch, time, features]` with
+      `time_axis=1`.
     w_ih: `<float32>[features, gates * hidden]`.
     b_ih: `<float32>[gates * hidden]` or None.
     w_hh: `<float32>[hidden, gates * hidden]`.
     b_hh: `<float32>[gates * hidden]` or None.
     carry: `h` or `(h, c)`, each `<float32>[batch, hidden]`.
-    mask: `<bool>[time, batch, 1]`, False past an example's length, or None.
-    unroll: loop unroll factor (speed only).
+    mask: `<bool>[time, batch, 1]` (`[batch, time, 1]` with `time_axis=1`),
+      True for each example's first steps and False past its length, or None.
+    unroll: loop unroll factor (speed only; 1 is fastest on CPU).
+    time_axis: 0 for time-major arrays, 1 for batch-major ones.
 
   Returns:
-    `(outputs <float32>[time, batch, hidden], final carry)`; outputs are zero
-    where the mask is False and the carry stops updating there.
+    `(outputs <float32>[time, batch, hidden] (or batch-major), final carry)`;
+    outputs are zero where the mask is False and the carry stops updating there.
   """
-  if x.shape[0] == 0:
-    return jnp.zeros((0, x.shape[1], w_hh.shape[0]), x.dtype), carry
-  return _recurrence(cell, unroll, x, w_ih, b_ih, w_hh, b_hh, carry, mask)
+  if x.shape[time_axis] == 0:
+    shape = list(x.shape[:-1]) + [w_hh.shape[0]]
+    return jnp.zeros(shape, x.dtype), carry
+  return _recurrence(cell, unroll, time_axis, x, w_ih, b_ih, w_hh, b_hh, carry, mask)
 
 
 def scan_layer(cell: CellKind, xw: jax.Array, w_hh: jax.Array, b_hh: jax.Array | None,
@@ -160,23 +168,83 @@ def scan_layer(cell: CellKind, xw: jax.Array, w_hh: jax.Array, b_hh: jax.Array |
   """
   if xw.shape[0] == 0:
     return jnp.zeros((0, xw.shape[1], w_hh.shape[0]), xw.dtype), carry
-  return _recurrence(cell, unroll, xw, None, None, w_hh, b_hh, carry, mask)
+  return _recurrence(cell, unroll, 0, xw, None, None, w_hh, b_hh, carry, mask)
 
 
-def _recurrence_forward(cell: CellKind, unroll: int, x, w_ih, b_ih, w_hh, b_hh, carry, mask,
-                        save: bool):
+def _take(a: jax.Array | None, t, axis: int):
+  """`a`'s step `t` along `axis` (None for None)."""
+  return None if a is None else jax.lax.dynamic_index_in_dim(a, t, axis, keepdims=False)
+
+
+def _time_loop(step, carry, buf: jax.Array, out_shapes, *, axis: int, reverse: bool,
+               rewrite: bool, unroll: int):
+  """Runs `step(carry, t, buf_t) -> (carry, new_buf_t, outs_t)` over all steps t.
+
+  `buf` is `[..., time (at axis), ...]`; with `rewrite` its step t is replaced
+  by `new_buf_t` (else `new_buf_t` is ignored and `buf` comes back as is).
+  `outs_t` holds one array (or None) per entry of `out_shapes` (a
+  `jax.ShapeDtypeStruct` of one step, or None); they come back stacked along
+  `axis`. Returns `(carry, buf, outs)`.
+
+  With `unroll == 1` every array is written in place: the step's input is
+  read from `buf` right after the previous step's write (and carried over),
+  so that nothing reads `buf` before a write it cannot be ordered with,
+  which would make XLA copy the whole buffer every step; the outputs go to
+  buffers carried through the loop, in `axis` layout, so no transposes follow.
+  """
+  num_steps = buf.shape[axis]
+  steps = jnp.arange(num_steps)
+  if unroll != 1:  # a plain scan: stacked outputs, moved to `axis` afterwards
+    def scan_step(carry, t):
+      carry, new_t, outs = step(carry, t, _take(buf, t, axis))
+      return carry, (new_t if rewrite else None, outs)
+
+    carry, (new, outs) = jax.lax.scan(scan_step, carry, steps, reverse=reverse, unroll=unroll)
+    move = (lambda a: a) if axis == 0 else (lambda a: jnp.moveaxis(a, 0, axis))
+    return carry, move(new) if rewrite else buf, tuple(
+        None if o is None else move(o) for o in outs)
+
+  def put(a, v, t):
+    return jax.lax.dynamic_update_index_in_dim(a, v, t, axis)
+
+  def loop_step(state, t):
+    carry, buf, outs, buf_t = state
+    carry, new_t, outs_t = step(carry, t, buf_t if rewrite else _take(buf, t, axis))
+    outs = tuple(None if o is None else put(o, v, t) for o, v in zip(outs, outs_t, strict=True))
+    if rewrite:
+      buf = put(buf, new_t, t)
+      buf_t = _take(buf, jnp.maximum(t - 1, 0) if reverse else jnp.minimum(t + 1, num_steps - 1),
+                    axis)
+    return (carry, buf, outs, buf_t), None
+
+  def stacked(spec):
+    shape = list(spec.shape)
+    shape.insert(axis, num_steps)
+    return jnp.zeros(shape, spec.dtype)
+
+  outs = tuple(None if s is None else stacked(s) for s in out_shapes)
+  first = _take(buf, num_steps - 1 if reverse else 0, axis) if rewrite else None
+  (carry, buf, outs, _), _ = jax.lax.scan(loop_step, (carry, buf, outs, first), steps,
+                                          reverse=reverse)
+  return carry, buf, outs
+
+
+def _recurrence_forward(cell: CellKind, unroll: int, axis: int, x, w_ih, b_ih, w_hh, b_hh,
+                        carry, mask, save: bool):
   """The forward loop: `(final carry, outputs)`, and with `save` the residuals.
 
-  The residuals are `(act, h_prev, c_prev, hn)` (None where a cell has no
-  such value), each stacked over time; `act` (see `_cell_forward`) is written
-  over the input projection `xw` step by step, in place, so that saving it
-  takes neither a new buffer nor a pass to zero one.
+  The residuals are `(act, c_prev, hn)` (None where a cell has no such
+  value), each stacked over time; `act` (see `_cell_forward`) is written over
+  the input projection `xw` step by step, in place.
   """
-  is_lstm = cell == "lstm"
+  is_lstm, is_gru = cell == "lstm", cell == "gru"
   xw = x if w_ih is None else x @ w_ih  # all time steps in one matmul
   b_x, b_h = _split_biases(cell, b_ih, b_hh)
+  h0 = carry[0] if is_lstm else carry
+  state = jax.ShapeDtypeStruct(h0.shape, h0.dtype)
 
-  def cell_step(carry, xw_t, m_t):
+  def step(carry, t, xw_t):
+    m_t = _take(mask, t, axis)
     h, c = carry if is_lstm else (carry, None)
     h_new, c_new, act, hn = _cell_forward(cell, xw_t, h, c, w_hh, b_x, b_h)
     if m_t is not None:
@@ -186,50 +254,40 @@ def _recurrence_forward(cell: CellKind, unroll: int, x, w_ih, b_ih, w_hh, b_hh, 
         c_new = jnp.where(m_t, c_new, c)
     else:
       out = h_new
-    return ((h_new, c_new) if is_lstm else h_new), out, act, (h, c, hn)
+    carry = (h_new, c_new) if is_lstm else h_new
+    if not save:
+      return carry, None, (out,)
+    return carry, act, (out, c, hn)  # c = c_{t-1}, for df
 
-  if not save:
-    def step(carry, inputs):
-      carry, out, _, _ = cell_step(carry, *inputs)
-      return carry, out
-
-    return jax.lax.scan(step, carry, (xw, mask), unroll=unroll)
-
-  num_steps = xw.shape[0]
-
-  def save_step(carry, inputs):
-    carry, buf, xw_t = carry
-    t, m_t = inputs
-    carry, out, act, saved = cell_step(carry, xw_t, m_t)
-    # `buf` is only written here and read after the write (the next step's
-    # input), which lets XLA update it in place rather than copy it each step.
-    buf = jax.lax.dynamic_update_index_in_dim(buf, act, t, 0)
-    xw_next = jax.lax.dynamic_index_in_dim(buf, jnp.minimum(t + 1, num_steps - 1), keepdims=False)
-    # The input carry: h_{t-1} for dW_hh (and the GRU's dz), c_{t-1} for df.
-    return (carry, buf, xw_next), (out, *saved)
-
-  init = (carry, xw, xw[0])
-  (carry, act, _), (outputs, *saved) = jax.lax.scan(
-      save_step, init, (jnp.arange(num_steps), mask), unroll=unroll)
-  return carry, outputs, (act, *saved)
+  if save:
+    out_shapes = (state, state if is_lstm else None, state if is_gru else None)
+    carry, act, (outputs, c_prev, hn) = _time_loop(
+        step, carry, xw, out_shapes, axis=axis, reverse=False, rewrite=True, unroll=unroll)
+    return carry, outputs, (act, c_prev, hn)
+  carry, _, (outputs,) = _time_loop(step, carry, xw, (state,), axis=axis, reverse=False,
+                                    rewrite=False, unroll=unroll)
+  return carry, outputs, None
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _recurrence(cell: CellKind, unroll: int, x, w_ih, b_ih, w_hh, b_hh, carry, mask):
-  carry, outputs = _recurrence_forward(cell, unroll, x, w_ih, b_ih, w_hh, b_hh, carry, mask,
-                                       save=False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _recurrence(cell: CellKind, unroll: int, axis: int, x, w_ih, b_ih, w_hh, b_hh, carry,
+                mask):
+  carry, outputs, _ = _recurrence_forward(cell, unroll, axis, x, w_ih, b_ih, w_hh, b_hh, carry,
+                                          mask, save=False)
   return outputs, carry
 
 
-def _recurrence_fwd(cell: CellKind, unroll: int, x, w_ih, b_ih, w_hh, b_hh, carry, mask):
-  final, outputs, saved = _recurrence_forward(cell, unroll, x, w_ih, b_ih, w_hh, b_hh, carry,
-                                              mask, save=True)
+def _recurrence_fwd(cell: CellKind, unroll: int, axis: int, x, w_ih, b_ih, w_hh, b_hh, carry,
+                    mask):
+  final, outputs, saved = _recurrence_forward(cell, unroll, axis, x, w_ih, b_ih, w_hh, b_hh,
+                                              carry, mask, save=True)
+  h0 = carry[0] if cell == "lstm" else carry
   final_c = final[1] if cell == "lstm" else None
-  residuals = (x, w_ih, b_ih, w_hh, b_hh, mask, final_c, saved)
+  residuals = (x, w_ih, b_ih, w_hh, b_hh, mask, h0, final_c, outputs, saved)
   return (outputs, final), residuals
 
 
-def _recurrence_bwd(cell: CellKind, unroll: int, residuals, cotangents):
+def _recurrence_bwd(cell: CellKind, unroll: int, axis: int, residuals, cotangents):
   """Backward of `_recurrence`: a reverse loop for the pre-activation gradients.
 
   Per step it computes only the gates' pre-activation gradient `dz_t` (written
@@ -237,17 +295,23 @@ def _recurrence_bwd(cell: CellKind, unroll: int, residuals, cotangents):
   GRU's direct path); the weight gradients (`dW_hh = sum_t h_{t-1}^T dz_t`,
   ...) and `dx` are then one matmul each over all steps.
   """
-  is_lstm = cell == "lstm"
-  x, w_ih, b_ih, w_hh, b_hh, mask, final_c, (act, h_prev, c_prev, hn) = residuals
+  is_lstm, is_gru = cell == "lstm", cell == "gru"
+  x, w_ih, b_ih, w_hh, b_hh, mask, h0, final_c, outputs, (act, c_prev, hn) = residuals
   d_out, d_final = cotangents
   w_hh_t = w_hh.T
+  # h_{t-1} at every step: the previous output, as the mask is False only past
+  # each example's length (where the gradients below are zero).
+  first = jnp.expand_dims(h0, axis)
+  h_prev = jnp.concatenate(
+      [first, jax.lax.slice_in_dim(outputs, 0, outputs.shape[axis] - 1, axis=axis)], axis=axis)
 
-  def step(carry, inputs):
-    t, d_out_t, h_prev_t, c_prev_t, hn_t, m_t = inputs
+  def step(carry, t, act_t):
+    d_out_t, h_prev_t, c_prev_t, hn_t, m_t = (
+        _take(a, t, axis) for a in (d_out, h_prev if is_gru else None, c_prev, hn, mask))
     if is_lstm:
-      dh, dc, c_t, buf, act_t = carry
+      dh, dc, c_t = carry
     else:
-      (dh, buf, act_t), dc, c_t = carry, None, None
+      dh, dc, c_t = carry, None, None
     # Past an example's length the step passes the carry through unchanged.
     dh_new = dh + d_out_t
     if m_t is not None:
@@ -284,22 +348,16 @@ def _recurrence_bwd(cell: CellKind, unroll: int, residuals, cotangents):
       dh_prev = dh_new * z + dhw @ w_hh_t
     if m_t is not None:
       dh_prev = dh_prev + dh_skip
-    # As in the forward loop: write `buf`, then read the next step's input.
-    buf = jax.lax.dynamic_update_index_in_dim(buf, dz, t, 0)
-    act_next = jax.lax.dynamic_index_in_dim(buf, jnp.maximum(t - 1, 0), keepdims=False)
-    if is_lstm:
-      return (dh_prev, dc_prev, c_prev_t, buf, act_next), dhw
-    return (dh_prev, buf, act_next), dhw
+    carry = (dh_prev, dc_prev, c_prev_t) if is_lstm else dh_prev
+    return carry, dz, (dhw,)
 
-  num_steps = act.shape[0]
-  act_last = act[num_steps - 1]
-  init = (d_final[0], d_final[1], final_c, act, act_last) if is_lstm else (d_final, act, act_last)
-  d_carry, dhw = jax.lax.scan(step, init, (jnp.arange(num_steps), d_out, h_prev, c_prev, hn, mask),
-                              reverse=True, unroll=unroll)
-  dxw = d_carry[-2]
+  init = (d_final[0], d_final[1], final_c) if is_lstm else d_final
+  dhw_shape = jax.ShapeDtypeStruct(h0.shape[:1] + act.shape[-1:], act.dtype) if is_gru else None
+  d_carry, dxw, (dhw,) = _time_loop(step, init, act, (dhw_shape,), axis=axis, reverse=True,
+                                    rewrite=True, unroll=unroll)
   if dhw is None:
     dhw = dxw
-  d_carry = (d_carry[0], d_carry[1]) if is_lstm else d_carry[0]
+  d_carry = (d_carry[0], d_carry[1]) if is_lstm else d_carry
 
   def weight_grad(inputs, d):  # sum over time and batch of inputs^T d, as one matmul
     rows = inputs.shape[0] * inputs.shape[1]
@@ -309,7 +367,7 @@ def _recurrence_bwd(cell: CellKind, unroll: int, residuals, cotangents):
   d_b_x = dxw.sum(axis=(0, 1))
   d_b_ih = None if b_ih is None else d_b_x
   if b_hh is not None:
-    d_b_hh = dhw.sum(axis=(0, 1)) if cell == "gru" else d_b_x
+    d_b_hh = dhw.sum(axis=(0, 1)) if is_gru else d_b_x
   else:
     d_b_hh = None
   if w_ih is None:
@@ -402,9 +460,9 @@ class Recurrent(nn.Module):
       initial_carry = self.initialize_carry(batch_size, inputs.dtype)
     mask = None
     if lengths is not None:
-      mask = (jnp.arange(num_steps)[:, None] < lengths[None, :])[..., None]  # [T, B, 1]
+      mask = (jnp.arange(num_steps)[None, :] < lengths[:, None])[..., None]  # [B, T, 1]
 
-    x = jnp.swapaxes(inputs, 0, 1)  # time-major: [T, B, F]
+    x = inputs  # batch-major throughout: [B, T, F]
     final_carry = []
     for layer in range(self.num_layers):
       in_features = x.shape[-1]
@@ -413,16 +471,20 @@ class Recurrent(nn.Module):
         name = f"l{layer}" + ("_reverse" if direction else "")
         w = _LayerWeights(in_features, self.hidden_size, gates, kernel_init, bias_init,
                           inputs.dtype, name=name)()
-        x_dir = reverse_within_lengths(x, lengths) if direction else x
+        x_dir = reverse_within_lengths(x, lengths, time_axis=1) if direction else x
         carry = initial_carry[layer * self.num_directions + direction]
         out, carry = recurrent_layer(self.cell, x_dir, w["w_ih"], w["b_ih"], w["w_hh"],
-                                     w["b_hh"], carry, mask, self.unroll)
-        outputs.append(reverse_within_lengths(out, lengths) if direction else out)
+                                     w["b_hh"], carry, mask, self.unroll, time_axis=1)
+        outputs.append(reverse_within_lengths(out, lengths, time_axis=1) if direction else out)
         final_carry.append(carry)
       x = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
       if self.dropout_rate > 0 and layer < self.num_layers - 1:
+        # Drawn time-major, as before the layers went batch-major, so that a
+        # given dropout key drops the same units.
+        x = jnp.swapaxes(x, 0, 1)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-    return jnp.swapaxes(x, 0, 1), tuple(final_carry)
+        x = jnp.swapaxes(x, 0, 1)
+    return x, tuple(final_carry)
 
 
 def from_torch(state_dict: Mapping[str, Any], cell: CellKind, num_layers: int,
