@@ -542,12 +542,6 @@ def test_from_torch_missing_key(key):
     from_torch(sd, "lstm", 2, bidirectional=True)
 
 
-@pytest.mark.xfail(
-  strict=True,
-  raises=KeyError,
-  reason="BUG: from_torch reads state_dict['weight_hh_l0'] before its missing-key check, "
-  "so a dict without it raises a bare KeyError instead of a ValueError",
-)
 def test_from_torch_missing_weight_hh_l0():
   sd = _fake_state_dict("lstm", 1, False)
   del sd["weight_hh_l0"]

@@ -506,6 +506,9 @@ def from_torch(state_dict: Mapping[str, Any], cell: CellKind, num_layers: int,
   if cell not in NUM_GATES:
     raise ValueError(f"unknown cell {cell!r}; expected one of {sorted(NUM_GATES)}")
   gates = NUM_GATES[cell]
+  if "weight_hh_l0" not in state_dict:
+    raise ValueError(f"state dict lacks ['weight_hh_l0'] for a {num_layers}-layer "
+                     f"{'bidirectional ' if bidirectional else ''}{cell}")
   w_hh0 = np.asarray(state_dict["weight_hh_l0"])
   hidden_size = w_hh0.shape[1]
   if w_hh0.shape[0] != gates * hidden_size:
