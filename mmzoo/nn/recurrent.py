@@ -56,10 +56,10 @@ def _cell_forward(cell: CellKind, xw: jax.Array, h: jax.Array, c: jax.Array | No
   `b_ih`) and `b_h` the GRU's `b_hh`, which its reset gate multiplies (None
   for RNN/LSTM); either may be None for no bias.
 
-  Returns `(h', c', act, extra)`: c' is None except for LSTM; `act`, shaped
-  like `xw`, and `extra` hold what the hand-written backward pass needs: `h'`
-  and None for RNN, the gates `[i, f, g, o]` and `tanh(c')` for LSTM,
-  `[r, z, n]` and `W_hn h + b_hn` for GRU.
+  Returns `(h', c', act, hn)`: c' is None except for LSTM; `act`, shaped like
+  `xw`, holds the activations the hand-written backward pass needs (`h'` for
+  RNN, the gates `[i, f, g, o]` for LSTM, `[r, z, n]` for GRU) and `hn` is the
+  GRU's `W_hn h + b_hn` (None for RNN/LSTM).
   """
   hw = h @ w_hh
   if b_x is not None:
@@ -71,8 +71,7 @@ def _cell_forward(cell: CellKind, xw: jax.Array, h: jax.Array, c: jax.Array | No
     i, f, g, o = jnp.split(xw + hw, 4, axis=-1)
     i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
     c_new = f * c + i * g
-    tc = jnp.tanh(c_new)
-    return o * tc, c_new, jnp.concatenate([i, f, g, o], axis=-1), tc
+    return o * jnp.tanh(c_new), c_new, jnp.concatenate([i, f, g, o], axis=-1), None
   if b_h is not None:
     hw = hw + b_h
   xr, xz, xn = jnp.split(xw, 3, axis=-1)
@@ -234,7 +233,7 @@ def _recurrence_forward(cell: CellKind, unroll: int, axis: int, x, w_ih, b_ih, w
                         carry, mask, save: bool):
   """The forward loop: `(final carry, outputs)`, and with `save` the residuals.
 
-  The residuals are `(act, c_prev, extra)` (None where a cell has no such
+  The residuals are `(act, c_prev, hn)` (None where a cell has no such
   value), each stacked over time; `act` (see `_cell_forward`) is written over
   the input projection `xw` step by step, in place.
   """
@@ -247,7 +246,7 @@ def _recurrence_forward(cell: CellKind, unroll: int, axis: int, x, w_ih, b_ih, w
   def step(carry, t, xw_t):
     m_t = _take(mask, t, axis)
     h, c = carry if is_lstm else (carry, None)
-    h_new, c_new, act, extra = _cell_forward(cell, xw_t, h, c, w_hh, b_x, b_h)
+    h_new, c_new, act, hn = _cell_forward(cell, xw_t, h, c, w_hh, b_x, b_h)
     if m_t is not None:
       h_new = jnp.where(m_t, h_new, h)
       out = jnp.where(m_t, h_new, 0.0)
@@ -258,13 +257,13 @@ def _recurrence_forward(cell: CellKind, unroll: int, axis: int, x, w_ih, b_ih, w
     carry = (h_new, c_new) if is_lstm else h_new
     if not save:
       return carry, None, (out,)
-    return carry, act, (out, c, extra)  # c = c_{t-1}, for df
+    return carry, act, (out, c, hn)  # c = c_{t-1}, for df
 
   if save:
-    out_shapes = (state, state if is_lstm else None, None if cell == "rnn" else state)
-    carry, act, (outputs, c_prev, extra) = _time_loop(
+    out_shapes = (state, state if is_lstm else None, state if is_gru else None)
+    carry, act, (outputs, c_prev, hn) = _time_loop(
         step, carry, xw, out_shapes, axis=axis, reverse=False, rewrite=True, unroll=unroll)
-    return carry, outputs, (act, c_prev, extra)
+    return carry, outputs, (act, c_prev, hn)
   carry, _, (outputs,) = _time_loop(step, carry, xw, (state,), axis=axis, reverse=False,
                                     rewrite=False, unroll=unroll)
   return carry, outputs, None
@@ -283,7 +282,8 @@ def _recurrence_fwd(cell: CellKind, unroll: int, axis: int, x, w_ih, b_ih, w_hh,
   final, outputs, saved = _recurrence_forward(cell, unroll, axis, x, w_ih, b_ih, w_hh, b_hh,
                                               carry, mask, save=True)
   h0 = carry[0] if cell == "lstm" else carry
-  residuals = (x, w_ih, b_ih, w_hh, b_hh, mask, h0, outputs, saved)
+  final_c = final[1] if cell == "lstm" else None
+  residuals = (x, w_ih, b_ih, w_hh, b_hh, mask, h0, final_c, outputs, saved)
   return (outputs, final), residuals
 
 
@@ -296,7 +296,7 @@ def _recurrence_bwd(cell: CellKind, unroll: int, axis: int, residuals, cotangent
   ...) and `dx` are then one matmul each over all steps.
   """
   is_lstm, is_gru = cell == "lstm", cell == "gru"
-  x, w_ih, b_ih, w_hh, b_hh, mask, h0, outputs, (act, c_prev, extra) = residuals
+  x, w_ih, b_ih, w_hh, b_hh, mask, h0, final_c, outputs, (act, c_prev, hn) = residuals
   d_out, d_final = cotangents
   w_hh_t = w_hh.T
   # h_{t-1} at every step: the previous output, as the mask is False only past
@@ -306,9 +306,12 @@ def _recurrence_bwd(cell: CellKind, unroll: int, axis: int, residuals, cotangent
       [first, jax.lax.slice_in_dim(outputs, 0, outputs.shape[axis] - 1, axis=axis)], axis=axis)
 
   def step(carry, t, act_t):
-    d_out_t, h_prev_t, c_prev_t, extra_t, m_t = (
-        _take(a, t, axis) for a in (d_out, h_prev if is_gru else None, c_prev, extra, mask))
-    dh, dc = carry if is_lstm else (carry, None)
+    d_out_t, h_prev_t, c_prev_t, hn_t, m_t = (
+        _take(a, t, axis) for a in (d_out, h_prev if is_gru else None, c_prev, hn, mask))
+    if is_lstm:
+      dh, dc, c_t = carry
+    else:
+      dh, dc, c_t = carry, None, None
     # Past an example's length the step passes the carry through unchanged.
     dh_new = dh + d_out_t
     if m_t is not None:
@@ -325,7 +328,7 @@ def _recurrence_bwd(cell: CellKind, unroll: int, axis: int, residuals, cotangent
         dc_skip = jnp.where(m_t, 0.0, dc)
       else:
         dc_new = dc
-      tc = extra_t  # tanh(c_t)
+      tc = jnp.tanh(c_t)  # masked steps have c_t = c_{t-1}, but zero gradients there
       dc_new = dc_new + dh_new * o * (1.0 - tc * tc)
       dz = jnp.concatenate([dc_new * g * i * (1.0 - i),
                             dc_new * c_prev_t * f * (1.0 - f),
@@ -338,17 +341,17 @@ def _recurrence_bwd(cell: CellKind, unroll: int, axis: int, residuals, cotangent
     else:
       r, z, n = jnp.split(act_t, 3, axis=-1)
       dn = dh_new * (1.0 - z) * (1.0 - n * n)
-      dr = dn * extra_t * r * (1.0 - r)  # extra_t = W_hn h + b_hn
+      dr = dn * hn_t * r * (1.0 - r)
       dzg = dh_new * (h_prev_t - n) * z * (1.0 - z)
       dz = jnp.concatenate([dr, dzg, dn], axis=-1)
       dhw = jnp.concatenate([dr, dzg, dn * r], axis=-1)
       dh_prev = dh_new * z + dhw @ w_hh_t
     if m_t is not None:
       dh_prev = dh_prev + dh_skip
-    carry = (dh_prev, dc_prev) if is_lstm else dh_prev
+    carry = (dh_prev, dc_prev, c_prev_t) if is_lstm else dh_prev
     return carry, dz, (dhw,)
 
-  init = d_final
+  init = (d_final[0], d_final[1], final_c) if is_lstm else d_final
   dhw_shape = jax.ShapeDtypeStruct(h0.shape[:1] + act.shape[-1:], act.dtype) if is_gru else None
   d_carry, dxw, (dhw,) = _time_loop(step, init, act, (dhw_shape,), axis=axis, reverse=True,
                                     rewrite=True, unroll=unroll)
