@@ -5,13 +5,13 @@ deterministic corpus written by the tests (the built-in stdlib corpus is never r
 """
 
 import math
-import random
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import corpus_text
 from jax.sharding import Mesh
 
 from mmzoo.configs import char_rnn as char_rnn_config
@@ -22,22 +22,6 @@ from mmzoo.eval.lm import lm_metrics
 from mmzoo.models.char_rnn import filter_logits
 from mmzoo.tasks.char_lm import CharLMTask
 from mmzoo.train import loop, parallel
-
-WORDS = (
-  "the quick brown fox jumps over lazy dog def return class import lambda "
-  "print(x) [i] {k: v} += -1 0.5 if else while for in not and or None True"
-).split()
-
-
-def corpus_text(num_chars: int = 30_000, seed: int = 0) -> str:
-  """A deterministic pseudo-random mix of words and newlines."""
-  rng = random.Random(seed)
-  parts, n = [], 0
-  while n < num_chars:
-    word = rng.choice(WORDS) + ("\n" if rng.random() < 0.1 else " ")
-    parts.append(word)
-    n += len(word)
-  return "".join(parts)[:num_chars]
 
 
 @pytest.fixture(scope="module")

@@ -9,29 +9,13 @@ write into it work on a copy.
 import fcntl
 import json
 import os
-import random
 import shutil
 import subprocess
 
 import pytest
-from conftest import REPO, launcher, launcher_env
+from conftest import REPO, corpus_text, launcher, launcher_env
 
 NUM_STEPS = 10
-WORDS = (
-  "the quick brown fox jumps over lazy dog def return class import lambda "
-  "print(x) [i] {k: v} += -1 0.5 if else while for in not and or None True"
-).split()
-
-
-def corpus_text(num_chars: int = 30_000, seed: int = 0) -> str:
-  """A deterministic pseudo-random mix of words and newlines."""
-  rng = random.Random(seed)
-  parts, n = [], 0
-  while n < num_chars:
-    word = rng.choice(WORDS) + ("\n" if rng.random() < 0.1 else " ")
-    parts.append(word)
-    n += len(word)
-  return "".join(parts)[:num_chars]
 
 
 def run(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:

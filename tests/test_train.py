@@ -8,7 +8,6 @@ import functools
 import hashlib
 import json
 import os
-import random
 import signal
 import subprocess
 import time
@@ -17,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from conftest import REPO, launcher, launcher_env
+from conftest import REPO, corpus_text, launcher, launcher_env
 from jax.sharding import Mesh
 
 from mmzoo import tasks
@@ -25,22 +24,6 @@ from mmzoo.configs import char_rnn as char_rnn_config
 from mmzoo.errors import InputError
 from mmzoo.tasks.char_lm import CharLMTask
 from mmzoo.train import loop, parallel
-
-WORDS = (
-  "the quick brown fox jumps over lazy dog def return class import lambda "
-  "print(x) [i] {k: v} += -1 0.5 if else while for in not and or None True"
-).split()
-
-
-def corpus_text(num_chars: int = 30_000, seed: int = 0) -> str:
-  """A deterministic pseudo-random mix of words and newlines."""
-  rng = random.Random(seed)
-  parts, n = [], 0
-  while n < num_chars:
-    word = rng.choice(WORDS) + ("\n" if rng.random() < 0.1 else " ")
-    parts.append(word)
-    n += len(word)
-  return "".join(parts)[:num_chars]
 
 
 @pytest.fixture(scope="module")
