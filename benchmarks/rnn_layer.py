@@ -8,9 +8,12 @@ times a fixed random projection; each iteration computes the gradient with
 respect to every parameter and to the input.
 
 Compilation and `--warmup` calls are not timed; every timed call of the
-mmzoo side ends with `jax.block_until_ready`. Calls alternate between the
-frameworks (mmzoo, torch, mmzoo, ...) so that a slow spell of a shared
-machine hits both, and the median of `--reps` calls of each is reported.
+mmzoo side ends with `jax.block_until_ready`. The `--reps` calls of each
+framework run in `--rounds` blocks that alternate between the frameworks
+(mmzoo block, torch block, mmzoo block, ...), so that a slow spell of a
+shared machine hits both, while no call starts right after the other
+framework's (whose worker threads may still be spinning, which slows the
+next call by 5-10% on 2 cores); the median call of each is reported.
 PyTorch runs on `os.cpu_count()` threads.
 
   python benchmarks/rnn_layer.py                # < 1 minute on 2 cores
@@ -37,6 +40,7 @@ HIDDEN = flags.DEFINE_integer("hidden_size", 512, "Hidden units.")
 BATCH = flags.DEFINE_integer("batch_size", 64, "Examples per call.")
 STEPS = flags.DEFINE_integer("seq_len", 50, "Time steps.")
 REPS = flags.DEFINE_integer("reps", 20, "Timed calls per framework; the median counts.")
+ROUNDS = flags.DEFINE_integer("rounds", 4, "Alternating blocks the timed calls are split into.")
 WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed calls after compilation.")
 UNROLL = flags.DEFINE_integer("unroll", None, "Overrides `Recurrent.unroll` (default: its own).")
 
@@ -114,7 +118,7 @@ def main(argv):
         + (f", torch {torch.__version__}" if torch is not None else ""))
   print(f"shape: input {INPUT.value}, hidden {HIDDEN.value}, batch {BATCH.value}, "
         f"{STEPS.value} steps, float32; forward + backward; median of {REPS.value} calls "
-        f"after {WARMUP.value} warm-up calls")
+        f"({ROUNDS.value} alternating blocks) after {WARMUP.value} warm-up calls")
   if torch is None:
     print("torch: skipped (PyTorch is not installed)")
   rng = np.random.default_rng(0)
@@ -132,9 +136,12 @@ def main(argv):
       for _ in range(WARMUP.value + 1):
         run()
     times = {name: [] for name in runs}
-    for _ in range(REPS.value):
+    rounds = max(1, min(ROUNDS.value, REPS.value))
+    for r in range(rounds):
+      block = REPS.value // rounds + (r < REPS.value % rounds)
       for name, run in runs.items():
-        times[name].append(_time(run))
+        run()  # untimed: lets the other framework's threads go idle first
+        times[name] += [_time(run) for _ in range(block)]
     med = {name: statistics.median(t) for name, t in times.items()}
     rows.append((f"{cell} (unroll={unroll})", med.get("mmzoo"), med.get("torch")))
 
