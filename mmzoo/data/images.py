@@ -1,0 +1,134 @@
+"""Image decoding and preprocessing.
+
+Any file Pillow can read is accepted. Decoding is forced at once (`Image.load`),
+so a truncated JPEG, which opens fine and fails only when its pixels are read,
+is caught here and named, rather than reaching a model as garbage. Grayscale,
+alpha, palette and 16-bit images become 8-bit RGB, and every image is resized to
+a fixed square whatever its aspect ratio (4000x10 and 1x1 included).
+
+Train-time augmentation (random crop and horizontal flip) works on uint8
+arrays on the host; normalisation runs on the device, where the model is
+(`normalize`), so batches travel as uint8.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from mmzoo.errors import InputError
+
+# ImageNet statistics, as torchvision's pretrained ResNets expect them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
+                  Image.DecompressionBombWarning)
+
+
+def decode(data: bytes, source: str) -> Image.Image:
+  """Decodes encoded image bytes into an RGB PIL image; `source` names them in errors."""
+  if not data:
+    raise InputError(f"{source}: empty file, not an image")
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      image = Image.open(io.BytesIO(data))
+      image.load()
+      return to_rgb(image)
+  except _DECODE_ERRORS as e:
+    raise InputError(f"{source}: cannot decode image ({_reason(e)})") from None
+
+
+def _reason(error: Exception) -> str:
+  text = str(error).splitlines()[0] if str(error) else type(error).__name__
+  return text.replace(" <_io.BytesIO object at", "").split(" 0x")[0].rstrip(" >")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+  """8-bit RGB: alpha is dropped, palettes and grayscale expanded, 16/32-bit rescaled."""
+  if image.mode == "RGB":
+    return image
+  if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    pixels = np.asarray(image, dtype=np.float64)
+    lo, hi = float(pixels.min()), float(pixels.max())
+    scaled = (pixels - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(pixels)
+    image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+  elif image.mode == "P" and "transparency" in image.info:
+    image = image.convert("RGBA")
+  return image.convert("RGB")
+
+
+def read_file(path: str) -> bytes:
+  """The bytes of an image file, or an `InputError` naming what is wrong with it."""
+  if not os.path.exists(path):
+    raise InputError(f"{path}: no such file")
+  if os.path.isdir(path):
+    raise InputError(f"{path}: is a directory, not an image")
+  try:
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError as e:
+    raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def resize(image: Image.Image, size: int) -> np.ndarray:
+  """`<uint8>[size, size, 3]`: the whole image squeezed to a square (no crop, no padding)."""
+  if image.size != (size, size):
+    image = image.resize((size, size), Image.Resampling.BICUBIC)
+  return np.asarray(image, dtype=np.uint8)
+
+
+def load(path: str, size: int) -> np.ndarray:
+  """Reads, decodes and resizes an image file: `<uint8>[size, size, 3]`."""
+  return resize(decode(read_file(path), path), size)
+
+
+def encode(pixels: np.ndarray, image_format: str = "png", quality: int = 95) -> bytes:
+  """Encodes `<uint8>[H, W, 3]` as PNG (lossless) or JPEG."""
+  buf = io.BytesIO()
+  if image_format == "png":
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+  elif image_format == "jpeg":
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+  else:
+    raise ValueError(f"unknown image format {image_format!r}; use png or jpeg")
+  return buf.getvalue()
+
+
+def augment(pixels: np.ndarray, rng: np.random.Generator, crop_size: int | None,
+            flip: bool) -> np.ndarray:
+  """Train-time augmentation of `<uint8>[H, W, 3]`.
+
+  A random `crop_size` square (when set and smaller than the image) and, with
+  `flip`, a horizontal flip with probability 1/2. Flipping swaps left and right,
+  so it stays off for data whose text names sides (the shapes world's relations).
+  """
+  height, width = pixels.shape[:2]
+  if crop_size and (crop_size < height or crop_size < width):
+    top = int(rng.integers(0, height - crop_size + 1))
+    left = int(rng.integers(0, width - crop_size + 1))
+    pixels = pixels[top:top + crop_size, left:left + crop_size]
+  if flip and rng.random() < 0.5:
+    pixels = pixels[:, ::-1]
+  return np.ascontiguousarray(pixels)
+
+
+def center_crop(pixels: np.ndarray, crop_size: int | None) -> np.ndarray:
+  """The central `crop_size` square, the evaluation-time counterpart of `augment`."""
+  height, width = pixels.shape[:2]
+  if not crop_size or (crop_size >= height and crop_size >= width):
+    return pixels
+  top, left = (height - crop_size) // 2, (width - crop_size) // 2
+  return np.ascontiguousarray(pixels[top:top + crop_size, left:left + crop_size])
+
+
+def normalize(pixels, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+  """uint8 RGB `[..., 3]` -> float32 `(x / 255 - mean) / std` per channel."""
+  mean = jnp.asarray(mean, jnp.float32) * 255.0
+  return (jnp.asarray(pixels, jnp.float32) - mean) / (jnp.asarray(std, jnp.float32) * 255.0)
