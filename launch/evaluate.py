@@ -1,6 +1,6 @@
 r"""Evaluates a trained workdir, rebuilding config, vocabulary and params from it alone.
 
-  python launch/evaluate.py --workdir=W [--split=validation] [--step=N]
+  python launch/evaluate.py --workdir=W [--split=validation] [--step=N] [--checkpoint=best|latest]
 
 Prints one JSON object of the task's metrics and writes it to
 W/eval/<split>_step<N>.json.
@@ -18,13 +18,17 @@ from mmzoo.train import loop, parallel
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
 _SPLIT = flags.DEFINE_string("split", "validation", "Which split to evaluate.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest or best.")
+_CHECKPOINT = flags.DEFINE_enum(
+    "checkpoint", None, ["best", "latest"],
+    "Which checkpoints to read; default the best when the run kept one, else the latest.")
 
 
 def main(argv):
   del argv
   common.initialize_distributed()
-  task, params, step = loop.restore_workdir(_WORKDIR.value, tasks.build, _STEP.value)
+  task, params, step = loop.restore_workdir(_WORKDIR.value, tasks.build, _STEP.value,
+                                            _CHECKPOINT.value)
   results = task.evaluate(params, parallel.make_mesh(), _SPLIT.value)
   results = {"step": step, "split": _SPLIT.value, **results}
   if jax.process_index() == 0:

@@ -107,7 +107,9 @@ def eval_batches(source: Sequence, transform: Transform, batch_size: int, *,
   """Every example of this process's shard once, in order, in full batches with `mask`.
 
   Each process yields ceil(ceil(N / processes) / batch_size) batches; padding
-  rows repeat the last real example and have mask 0.
+  rows repeat the last real example and have mask 0. `index` holds each row's
+  position in `source`, so results gathered from every process can be put back
+  in order.
   """
   count = jax.process_count() if process_count is None else process_count
   per_process = math.ceil(len(source) / count)
@@ -117,9 +119,12 @@ def eval_batches(source: Sequence, transform: Transform, batch_size: int, *,
   if real == 0:
     raise ValueError("an evaluation shard is empty: fewer examples than processes")
 
-  def padded(index: int) -> dict:
-    example = dict(transform(shard[min(index, real - 1)], None))
-    example["mask"] = np.float32(index < real)
+  index = jax.process_index() if process_index is None else process_index
+
+  def padded(i: int) -> dict:
+    example = dict(transform(shard[min(i, real - 1)], None))
+    example["mask"] = np.float32(i < real)
+    example["index"] = np.int64(index + min(i, real - 1) * count)  # position in `source`
     return example
 
   ds = grain.MapDataset.range(num_batches * batch_size).map(padded)

@@ -14,4 +14,8 @@ def build(config: ml_collections.ConfigDict, artifacts: dict | None = None, **kw
     from mmzoo.tasks.char_lm import CharLMTask
 
     return CharLMTask(config, artifacts, **kwargs)
+  if config.task == "retrieval":
+    from mmzoo.tasks.retrieval import RetrievalTask
+
+    return RetrievalTask(config, artifacts, **kwargs)
   raise ValueError(f"unknown task {config.task!r}")

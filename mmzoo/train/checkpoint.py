@@ -27,8 +27,11 @@ from mmzoo.errors import InputError
 COMPATIBILITY_SECTIONS = ("task", "model", "data", "optimizer")
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+def checkpoint_dir(workdir: str, which: str = "latest") -> str:
+  """`workdir/checkpoints` (the latest N) or `workdir/best` (the best by a metric)."""
+  if which not in ("latest", "best"):
+    raise ValueError(f"which must be latest or best, not {which!r}")
+  return os.path.join(os.path.abspath(workdir), "checkpoints" if which == "latest" else "best")
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict:
@@ -64,15 +67,28 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
 
 
 class Checkpointer:
-  """Saves and restores a training run's checkpoints (async, keep the latest N)."""
+  """Saves and restores a training run's checkpoints (async).
 
-  def __init__(self, workdir: str, keep: int = 3, *, read_only: bool = False):
-    self.directory = checkpoint_dir(workdir)
+  `which="latest"` keeps the latest `keep` steps under `workdir/checkpoints`;
+  `which="best"` keeps, under `workdir/best`, the one step whose evaluation had
+  the highest (`best_mode="max"`) or lowest `best_metric`.
+  """
+
+  def __init__(self, workdir: str, keep: int = 3, *, read_only: bool = False,
+               which: str = "latest", best_metric: str | None = None, best_mode: str = "max"):
+    self.directory = checkpoint_dir(workdir, which)
     if read_only and not os.path.isdir(self.directory):
       raise InputError(f"{workdir}: no checkpoints (expected {self.directory})")
+    best = {}
+    if which == "best" and not read_only:
+      if not best_metric:
+        raise ValueError("a best checkpoint needs best_metric")
+      keep = 1
+      best = dict(best_fn=lambda metrics: float(metrics[best_metric]), best_mode=best_mode)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep, create=not read_only, read_only=read_only,
-        enable_async_checkpointing=not read_only, cleanup_tmp_directories=not read_only)
+        enable_async_checkpointing=not read_only, cleanup_tmp_directories=not read_only,
+        **best)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_names=("state", "data", "config", "artifacts"))
@@ -81,8 +97,8 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, data_state: dict, config: ml_collections.ConfigDict,
-           artifacts: dict) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
+           artifacts: dict, metrics: dict[str, float] | None = None) -> None:
+    self.manager.save(step, metrics=metrics, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data_state),
         config=ocp.args.JsonSave(config_to_json(config)),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from mmzoo.errors import InputError
 from mmzoo.train import checkpoint as ckpt_lib
 from mmzoo.train import metrics as metrics_lib
 from mmzoo.train import optim, parallel
@@ -93,7 +95,8 @@ def state_shardings(abstract_state: TrainState, mesh: jax.sharding.Mesh) -> Trai
 def abstract_train_state(task: Task, mesh: jax.sharding.Mesh):
   """`(init_fn, abstract state with shardings, shardings)` for a task's config."""
   config = task.config
-  tx = optim.make_optimizer(config.optimizer, config.train.num_steps)
+  tx = optim.make_optimizer(config.optimizer, config.train.num_steps,
+                            getattr(task, "trainable", None))
   init_fn = functools.partial(_init_state, task, tx)
   abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   shardings = state_shardings(abstract, mesh)
@@ -145,6 +148,9 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
                jax.process_count(), dict(mesh.shape))
   tx, init_fn, abstract, shardings = abstract_train_state(task, mesh)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=cfg.keep_checkpoints)
+  best_metric = cfg.get("best_metric", "")
+  best = (ckpt_lib.Checkpointer(workdir, which="best", best_metric=best_metric,
+                                best_mode=cfg.get("best_mode", "max")) if best_metric else None)
   batches = task.train_batches()
   last_saved = checkpointer.latest_step()
   if last_saved is not None:
@@ -197,6 +203,12 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
         if is_primary:
           logging.info("step %d validation %s", step,
                        "  ".join(f"{k} {v:.4f}" for k, v in eval_results.items()))
+        if best is not None:
+          if best_metric not in eval_results:
+            raise InputError(f"train.best_metric {best_metric!r} is not among the evaluation "
+                             f"results {sorted(eval_results)}")
+          if step > (best.latest_step() or 0):  # A resumed run may re-evaluate a saved step.
+            best.save(step, state, batches.get_state(), config, task.artifacts(), eval_results)
         t_last = time.perf_counter()  # Evaluation time is not training time.
       if step % cfg.checkpoint_every == 0 or last:
         _check_finite(state, workdir, last_saved)
@@ -204,6 +216,8 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
         last_saved = step
   finally:
     checkpointer.close()
+    if best is not None:
+      best.close()
     writer.close()
   if not eval_results:  # Resumed at the end: nothing left to train.
     eval_results = task.evaluate(state.params, mesh)
@@ -211,11 +225,12 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
   return eval_results
 
 
-def restore_params(task: Task, workdir: str, step: int | None = None) -> Any:
-  """The parameters of a workdir's latest (or given) checkpoint, on this mesh."""
+def restore_params(task: Task, workdir: str, step: int | None = None,
+                   which: str = "latest") -> Any:
+  """The parameters of a workdir's latest (or given, or best) checkpoint, on this mesh."""
   mesh = parallel.make_mesh()
   _, _, abstract, _ = abstract_train_state(task, mesh)
-  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True, which=which)
   try:
     state, _ = checkpointer.restore(abstract, step)
   finally:
@@ -223,18 +238,21 @@ def restore_params(task: Task, workdir: str, step: int | None = None) -> Any:
   return state.params
 
 
-def restore_workdir(workdir: str, build_task: Callable[..., Task],
-                    step: int | None = None) -> tuple[Task, Any, int]:
+def restore_workdir(workdir: str, build_task: Callable[..., Task], step: int | None = None,
+                    which: str | None = None) -> tuple[Task, Any, int]:
   """Rebuilds `(task, params, step)` from a workdir alone.
 
   `build_task(config, artifacts)` makes the task from the checkpoint's config
-  and artifacts (e.g. `mmzoo.tasks.build`).
+  and artifacts (e.g. `mmzoo.tasks.build`). `which` is "latest" or "best";
+  None means the best when the run kept one (`train.best_metric`), else the latest.
   """
-  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+  if which is None:
+    which = "best" if os.path.isdir(ckpt_lib.checkpoint_dir(workdir, "best")) else "latest"
+  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True, which=which)
   try:
     step = checkpointer.resolve_step(step)
     config = ml_collections.ConfigDict(checkpointer.load_config(step))
     task = build_task(config, checkpointer.load_artifacts(step))
   finally:
     checkpointer.close()
-  return task, restore_params(task, workdir, step), step
+  return task, restore_params(task, workdir, step, which), step

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 import optax
 
@@ -22,9 +23,15 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) ->
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   num_steps: int) -> optax.GradientTransformation:
-  """Gradient clipping (by value and/or global norm) followed by the optimizer."""
+def make_optimizer(config: ml_collections.ConfigDict, num_steps: int,
+                   trainable=None) -> optax.GradientTransformation:
+  """Gradient clipping (by value and/or global norm) followed by the optimizer.
+
+  `trainable`, a pytree of bools shaped like the params (or a function of the
+  params giving one), freezes the False leaves: their updates are zero whatever
+  the optimizer (weight decay included), e.g. a frozen image encoder or
+  BatchNorm statistics.
+  """
   lr = learning_rate_schedule(config, num_steps)
   name, eps = config.name, config.get("eps", 1e-8)
   if name == "adam":
@@ -44,4 +51,9 @@ def make_optimizer(config: ml_collections.ConfigDict,
     chain.append(optax.clip(config.clip_value))
   if config.get("clip_norm", 0.0):
     chain.append(optax.clip_by_global_norm(config.clip_norm))
-  return optax.chain(*chain, opt)
+  tx = optax.chain(*chain, opt)
+  if trainable is None:
+    return tx
+  label = lambda params: jax.tree.map(  # noqa: E731
+      lambda t: "train" if t else "freeze", trainable(params) if callable(trainable) else trainable)
+  return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, label)

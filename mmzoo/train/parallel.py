@@ -84,6 +84,15 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 
 
+def to_host(tree: Any) -> Any:
+  """A pytree of global arrays as numpy on every process (gathered across processes)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def check_batch_size(global_batch_size: int, what: str = "batch size") -> None:
   """Data parallelism needs the global batch to split evenly over devices."""
   if global_batch_size % jax.device_count():

@@ -1,0 +1,223 @@
+"""Image<->text retrieval with a joint embedding (VSE, VSE++, order embeddings).
+
+Training walks (image, caption) pairs, k captions per image (vsepp's layout), and
+minimises a ranking loss whose negatives come from the global batch
+(`losses.global_contrastive_loss` over the mesh's 'data' axis). Evaluation
+embeds every image and every caption of a split and hands them to the
+"retrieval" evaluator (R@K, median and mean rank, rsum).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmzoo import losses
+from mmzoo.data import images as image_ops
+from mmzoo.data import pipeline, sources, tokenizers
+from mmzoo.errors import InputError
+from mmzoo.eval import registry
+from mmzoo.models import vse
+from mmzoo.train import parallel
+
+
+class RetrievalTask:
+  """Binds a `vse.JointEmbedding`, its pair data and the "retrieval" evaluator.
+
+  Args:
+    config: a `mmzoo/configs/{vse,vsepp,order}.py`-style config.
+    artifacts: a restored checkpoint's artifacts (its tokenizer); None builds
+      the tokenizer from the training captions.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, artifacts: dict | None = None):
+    self.config = config
+    data = config.data
+    self.precomputed = data.source == "precomp"
+    self.splits = sources.open_splits(data, ("train", "validation", "test"))
+    if artifacts:
+      self.tokenizer = tokenizers.from_artifact(artifacts["tokenizer"])
+    else:
+      kwargs = ({"min_count": data.min_count} if data.tokenizer == "word"
+                else {"vocab_size": data.vocab_size})
+      self.tokenizer = tokenizers.build(data.tokenizer, sources.captions_of(self.splits["train"]),
+                                        **kwargs)
+    m = config.model
+    self.model = vse.JointEmbedding(
+        vocab_size=self.tokenizer.vocab_size, embed_dim=m.embed_dim,
+        encoder="precomputed" if self.precomputed else m.encoder,
+        encoder_kwargs=tuple(sorted(dict(m.get("encoder_kwargs", {}) or {}).items())),
+        frozen_encoder=m.frozen_encoder, text_kind=m.text_kind, word_dim=m.word_dim,
+        text_hidden=m.text_hidden, text_pooling=m.text_pooling, space=m.space)
+    self.k = data.captions_per_image
+    self.tokens_per_batch = data.batch_size
+    self.mesh = parallel.make_mesh()
+    loss = config.loss
+    if loss.kind == "hinge":
+      fn = functools.partial(losses.contrastive_loss, margin=loss.margin,
+                             max_violation=loss.max_violation, score=self.score)
+    elif loss.kind == "softmax":
+      fn = functools.partial(losses.softmax_contrastive_loss, temperature=loss.temperature,
+                             score=self.score)
+    else:
+      raise InputError(f"unknown loss.kind {loss.kind!r}; use hinge or softmax")
+    self._loss = losses.global_contrastive_loss(fn, self.mesh)
+    self._embed_images = jax.jit(self._images)
+    self._embed_captions = jax.jit(self._captions)
+
+  @property
+  def score(self) -> str:
+    """How the joint space compares an image with a caption."""
+    return "order" if self.config.model.space == "order" else "dot"
+
+  # --- Inputs. ---
+
+  def _image_input(self, image: jax.Array) -> jax.Array:
+    if self.precomputed:
+      return image.astype(jnp.float32)
+    d = self.config.data
+    return image_ops.normalize(image, tuple(d.mean), tuple(d.std))
+
+  def _transform(self, train: bool):
+    d = self.config.data
+    max_len = d.max_len
+
+    def transform(record: dict, rng: np.random.Generator | None) -> dict:
+      image = record["image"]
+      if not self.precomputed:
+        image = (image_ops.augment(image, rng, d.crop_size, d.flip) if train and rng is not None
+                 else image_ops.center_crop(image, d.crop_size))
+      caption = record.get("caption", record["captions"][0])
+      caption = caption.decode("utf-8") if isinstance(caption, bytes) else caption
+      ids, length = tokenizers.pad([self.tokenizer.encode(caption, add_eos=True)], max_len)
+      return {"image": np.asarray(image), "tokens": ids[0], "length": length[0]}
+
+    return transform
+
+  # --- What the trainer needs. ---
+
+  def init_params(self, rng: jax.Array):
+    d = self.config.data
+    record = self.splits["train"][0]
+    image = jnp.asarray(record["image"])[None]
+    if not self.precomputed and d.crop_size:
+      image = image[:, :d.crop_size, :d.crop_size]
+    tokens = jnp.ones((1, d.max_len), jnp.int32)
+    return self.model.init(rng, self._image_input(image), tokens, jnp.ones((1,), jnp.int32))
+
+  def trainable(self, params):
+    """Everything but BatchNorm statistics (and a frozen encoder's weights)."""
+    frozen = self.config.model.frozen_encoder
+
+    def leaf_trainable(path, _):
+      names = [getattr(p, "key", "") for p in path]
+      if names[0] != "params":
+        return False
+      return not (frozen and len(names) > 1 and names[1] == "image_encoder")
+
+    return jax.tree_util.tree_map_with_path(leaf_trainable, params)
+
+  def init_task_state(self):
+    return {}
+
+  def _images(self, params, images):
+    return self.model.apply(params, self._image_input(images), method=self.model.embed_images)
+
+  def _captions(self, params, tokens, lengths):
+    return self.model.apply(params, tokens, lengths, method=self.model.embed_captions)
+
+  def loss_fn(self, params, task_state, batch, rng):
+    del rng
+    image_emb = self._images(params, batch["image"])
+    caption_emb = self._captions(params, batch["tokens"], batch["length"])
+    total = self._loss(image_emb, caption_emb)
+    count = jnp.asarray(batch["tokens"].shape[0], jnp.float32)
+    return total, ({"loss": (total, count)}, task_state)
+
+  def train_batches(self):
+    d = self.config.data
+    parallel.check_batch_size(d.batch_size, "data.batch_size")
+    pairs = pipeline.CaptionPairs(self.splits["train"], self.k)
+    return pipeline.train_batches(pairs, self._transform(train=True),
+                                  d.batch_size // jax.process_count(), self.config.seed,
+                                  read_threads=d.read_threads)
+
+  def evaluate(self, params, mesh, split: str = "validation") -> dict[str, float]:
+    return registry.run(self.config.eval.evaluators, self, params, mesh, split)
+
+  def artifacts(self) -> dict:
+    return {"tokenizer": self.tokenizer.to_artifact()}
+
+  def on_train_end(self, params) -> None:
+    del params
+
+  # --- What the evaluators and tools need. ---
+
+  def split(self, split: str):
+    if split not in self.splits:
+      raise InputError(f"the retrieval task has splits {sorted(self.splits)}, not {split!r}")
+    source = self.splits[split]
+    limit = self.config.eval.get("max_images", 0)
+    if limit and limit < len(source):
+      source = _Prefix(source, limit)
+    return source
+
+  def _embed_all(self, params, mesh, source, embed) -> np.ndarray:
+    """Embeds every element of `source` in order: `<float32>[len(source), D]`."""
+    batch_size = self.config.eval.batch_size
+    parallel.check_batch_size(batch_size, "eval.batch_size")
+    rows, index, mask = [], [], []
+    for batch in pipeline.eval_batches(source, self._transform(train=False),
+                                       batch_size // jax.process_count()):
+      meta = {"index": batch.pop("index"), "mask": batch.pop("mask")}
+      out = embed(params, parallel.global_batch(batch, mesh))
+      gathered = parallel.to_host({"emb": out, **parallel.global_batch(meta, mesh)})
+      rows.append(gathered["emb"])
+      index.append(gathered["index"])
+      mask.append(gathered["mask"])
+    rows, index, mask = np.concatenate(rows), np.concatenate(index), np.concatenate(mask)
+    keep = mask > 0
+    out = np.zeros((len(source), rows.shape[1]), np.float32)
+    out[index[keep]] = rows[keep]
+    return out
+
+  def retrieval_embeddings(self, params, mesh, split: str = "validation"):
+    """`(images [N, D], captions [kN, D], k, score)` for the "retrieval" evaluator."""
+    source = self.split(split)
+    image_emb = self._embed_all(params, mesh, source,
+                                lambda p, b: self._embed_images(p, b["image"]))
+    caption_emb = self._embed_all(
+        params, mesh, pipeline.CaptionPairs(source, self.k),
+        lambda p, b: self._embed_captions(p, b["tokens"], b["length"]))
+    return image_emb, caption_emb, self.k, self.score
+
+  def encode_text(self, params, texts: list[str]) -> np.ndarray:
+    """Joint-space embeddings of sentences (or single words): `[len(texts), D]`."""
+    ids, lengths = tokenizers.pad([self.tokenizer.encode(t, add_eos=True) for t in texts],
+                                  self.config.data.max_len)
+    return np.asarray(self._embed_captions(params, jnp.asarray(ids), jnp.asarray(lengths)))
+
+  def encode_images(self, params, pixels: np.ndarray) -> np.ndarray:
+    """Joint-space embeddings of uint8 images `[n, S, S, 3]` (or features)."""
+    if not self.precomputed:
+      pixels = np.stack([image_ops.center_crop(p, self.config.data.crop_size) for p in pixels])
+    return np.asarray(self._embed_images(params, jnp.asarray(pixels)))
+
+
+class _Prefix:
+  """The first `n` records of a source."""
+
+  def __init__(self, source, n: int):
+    self.source, self.n = source, n
+
+  def __len__(self) -> int:
+    return self.n
+
+  def __getitem__(self, index: int):
+    if index >= self.n:
+      raise IndexError(index)
+    return self.source[index]
