@@ -85,31 +85,56 @@ def shapes_config(kind: str, sizes: tuple[int, int, int] | None = None, image_si
                       description=f"shapes world: {kind}, {image_size}px, sizes {sizes}")
 
 
-def _shapes_example(args: tuple[str, str, int, int, int]) -> tuple[str, dict]:
+def _shapes_record(args: tuple[str, str, int, int, int]) -> dict:
+  """Everything the shapes datasets store for one (split, index), image PNG-encoded."""
   from mmzoo.data import shapes
 
   kind, split, index, image_size, seed = args
   world = shapes.WorldConfig(seed=seed, image_size=image_size)
   if kind == "stories":
     story = shapes.story(split, index, world)
-    example = {
+    return {
         "story_id": index,
         "images": [images.encode(im) for im in story["images"]],
         "scenes": [s.to_json() for s in story["scenes"]],
         "sentences": {style: list(story["sentences"][style]) for style in shapes.STORY_STYLES},
     }
-    return f"{split}/{index}", example
   ex = shapes.example(split, index, world)
-  example = {"image": images.encode(ex["image"]), "image_id": index, "scene": ex["scene"],
-             "captions": list(ex["captions"])}
-  if kind == "vqa":
-    example["questions"] = [q for q, _, _ in ex["questions"]]
-    example["answers"] = [a for _, a, _ in ex["questions"]]
-    example["question_types"] = [t for _, _, t in ex["questions"]]
-  elif kind == "personality":
-    example["personalities"] = list(ex["comments"])
-    example["comments"] = list(ex["comments"].values())
-  return f"{split}/{index}", example
+  return {"image": images.encode(ex["image"]), "image_id": index, "scene": ex["scene"],
+          "captions": list(ex["captions"]), "questions": list(ex["questions"]),
+          "answers": list(ex["answers"]), "question_types": list(ex["question_types"]),
+          "personalities": list(ex["comments"]), "comments": list(ex["comments"].values())}
+
+
+_IMAGE_FIELDS = {
+    "captions": ("image", "image_id", "scene", "captions"),
+    "vqa": ("image", "image_id", "scene", "captions", "questions", "answers", "question_types"),
+    "personality": ("image", "image_id", "scene", "captions", "personalities", "comments"),
+}
+# Records of the image datasets by (split, index, image_size, seed): captions, vqa and
+# personality show the same images, so building all three renders each image once.
+_RECORDS: dict[tuple, dict] = {}
+_MAX_CACHED = 200_000
+
+
+def _shapes_examples(kind: str, split: str, n: int, image_size: int, seed: int,
+                     workers: int) -> Iterator[tuple[str, dict]]:
+  if kind == "stories":
+    args = ((kind, split, i, image_size, seed) for i in range(n))
+    for i, record in enumerate(_parallel_map(_shapes_record, args, workers)):
+      yield f"{split}/{i}", record
+    return
+  keys = [(split, i, image_size, seed) for i in range(n)]
+  missing = [k for k in keys if k not in _RECORDS]
+  computed = _parallel_map(_shapes_record, [(kind, *k) for k in missing], workers)
+  if len(_RECORDS) + len(missing) > _MAX_CACHED:
+    _RECORDS.clear()
+  fields = _IMAGE_FIELDS[kind]
+  for key in keys:
+    record = _RECORDS.get(key)
+    if record is None:
+      record = _RECORDS[key] = next(computed)
+    yield f"{split}/{key[1]}", {f: record[f] for f in fields}
 
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
@@ -153,15 +178,16 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, n: int):
     c = self.builder_config
-    args = ((c.kind, split, i, c.image_size, c.seed) for i in range(n))
-    yield from _parallel_map(_shapes_example, args, self._workers)
+    yield from _shapes_examples(c.kind, split, n, c.image_size, c.seed, self._workers)
 
 
 def shapes_builder(kind: str = "captions", data_dir: str | None = None, *,
                    sizes: tuple[int, int, int] | None = None, image_size: int = 64,
                    seed: int = 0, workers: int | None = None) -> Shapes:
-  return Shapes(config=shapes_config(kind, sizes, image_size, seed), data_dir=data_dir,
-                workers=workers)
+  config = shapes_config(kind, sizes, image_size, seed)
+  if config.name in SHAPES_KINDS:  # TFDS wants its predefined configs by name.
+    config = config.name
+  return Shapes(config=config, data_dir=data_dir, workers=workers)
 
 
 # --- real captioned images ----------------------------------------------------------------
