@@ -299,7 +299,8 @@ def test_karpathy_builder_skips_bad_images_and_reads_back(karpathy_dir, tmp_path
                                                                              "text.jpg"]
   source = pipeline.data_source(builder, "validation")
   record = source[0]
-  assert record["image"].shape == (16, 16, 3) and record["image"].dtype == np.uint8
+  pixels = images.pixels(record["image"])
+  assert pixels.shape == (16, 16, 3) and pixels.dtype == np.uint8
   assert {c.decode() for c in record["captions"]} <= {f"image {i} {w}" for i in range(20, 24)
                                                       for w in ("first", "second")}
   with pytest.raises(InputError, match="has no split 'test'"):

@@ -45,6 +45,13 @@ def decode(data: bytes, source: str) -> Image.Image:
     raise InputError(f"{source}: cannot decode image ({_reason(e)})") from None
 
 
+def pixels(image, source: str = "record") -> np.ndarray:
+  """`<uint8>[H, W, 3]` from encoded bytes (decoded here) or an array (returned as is)."""
+  if isinstance(image, bytes | bytearray):
+    return np.asarray(decode(bytes(image), source), dtype=np.uint8)
+  return np.asarray(image)
+
+
 def _reason(error: Exception) -> str:
   text = str(error).splitlines()[0] if str(error) else type(error).__name__
   return text.replace(" <_io.BytesIO object at", "").split(" 0x")[0].rstrip(" >")

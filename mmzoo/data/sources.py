@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmzoo.data import builders, readers
+from mmzoo.data import builders, pipeline, readers
 from mmzoo.errors import InputError
 
 SPLITS = ("train", "validation", "test")
@@ -103,11 +103,7 @@ def open_splits(data: ml_collections.ConfigDict, splits: Sequence[str] = SPLITS,
   else:
     raise InputError(f"unknown data.source {data.source!r}; use shapes, karpathy, coco or "
                      "precomp")
-  missing = [s for s in splits if s not in builder.info.splits]
-  if missing:
-    raise InputError(f"{builder.data_dir}: has no split {missing[0]!r}; it has "
-                     f"{sorted(builder.info.splits)}")
-  return {split: builder.as_data_source(split=split) for split in splits}
+  return {split: pipeline.data_source(builder, split) for split in splits}
 
 
 def captions_of(source: Sequence, limit: int | None = None) -> list[str]:

@@ -66,7 +66,7 @@ class RetrievalTask:
     else:
       raise InputError(f"unknown loss.kind {loss.kind!r}; use hinge or softmax")
     self._loss = losses.global_contrastive_loss(fn, self.mesh)
-    self._embed_images = jax.jit(self._images)
+    self._embed_images = jax.jit(lambda params, images: self._images(params, images)[0])
     self._embed_captions = jax.jit(self._captions)
 
   @property
@@ -89,6 +89,7 @@ class RetrievalTask:
     def transform(record: dict, rng: np.random.Generator | None) -> dict:
       image = record["image"]
       if not self.precomputed:
+        image = image_ops.pixels(image)
         image = (image_ops.augment(image, rng, d.crop_size, d.flip) if train and rng is not None
                  else image_ops.center_crop(image, d.crop_size))
       caption = record.get("caption", record["captions"][0])
@@ -103,7 +104,8 @@ class RetrievalTask:
   def init_params(self, rng: jax.Array):
     d = self.config.data
     record = self.splits["train"][0]
-    image = jnp.asarray(record["image"])[None]
+    image = jnp.asarray(record["image"] if self.precomputed
+                        else image_ops.pixels(record["image"]))[None]
     if not self.precomputed and d.crop_size:
       image = image[:, :d.crop_size, :d.crop_size]
     tokens = jnp.ones((1, d.max_len), jnp.int32)
@@ -124,19 +126,24 @@ class RetrievalTask:
   def init_task_state(self):
     return {}
 
-  def _images(self, params, images):
-    return self.model.apply(params, self._image_input(images), method=self.model.embed_images)
+  def _images(self, params, images, train: bool = False):
+    """Image embeddings; in training, also the BatchNorm statistics of this batch."""
+    inputs = self._image_input(images)
+    if train and "batch_stats" in params and not self.config.model.frozen_encoder:
+      return self.model.apply(params, inputs, True, method=self.model.embed_images,
+                              mutable=["batch_stats"])
+    return self.model.apply(params, inputs, method=self.model.embed_images), {}
 
   def _captions(self, params, tokens, lengths):
     return self.model.apply(params, tokens, lengths, method=self.model.embed_captions)
 
   def loss_fn(self, params, task_state, batch, rng):
     del rng
-    image_emb = self._images(params, batch["image"])
+    image_emb, new_stats = self._images(params, batch["image"], train=True)
     caption_emb = self._captions(params, batch["tokens"], batch["length"])
     total = self._loss(image_emb, caption_emb)
     count = jnp.asarray(batch["tokens"].shape[0], jnp.float32)
-    return total, ({"loss": (total, count)}, task_state)
+    return total, ({"loss": (total, count)}, task_state, dict(new_stats))
 
   def train_batches(self):
     d = self.config.data

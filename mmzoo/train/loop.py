@@ -51,7 +51,15 @@ class Task(Protocol):
 
   def loss_fn(self, params: Any, task_state: Any, batch: Any,
               rng: jax.Array) -> tuple[jax.Array, tuple[metrics_lib.Metrics, Any]]:
-    """`loss, (metrics, new_task_state)`; metrics are (sum, count) pairs."""
+    """`loss, (metrics, new_task_state)`; metrics are (sum, count) pairs.
+
+    A third aux entry, `loss, (metrics, new_task_state, replace)`, is a dict of
+    subtrees of the params that the step replaces after the optimizer update,
+    e.g. `{"batch_stats": ...}` computed in training mode. Such leaves should be
+    frozen in `trainable`, so that only the replacement changes them.
+    """
+
+  # Optional: `trainable(params) -> pytree of bools`; False leaves get zero updates.
 
   def train_batches(self) -> DataIterator:
     """This process's share of each global batch, as numpy arrays."""
@@ -110,9 +118,12 @@ def train_step(tx: optax.GradientTransformation, loss_fn, state: TrainState, bat
   def loss(params):
     return loss_fn(params, state.task_state, batch, rng)
 
-  (value, (metrics, task_state)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+  (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+  metrics, task_state = aux[:2]
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  if len(aux) > 2:
+    params = {**params, **aux[2]}
   grad_norm = optax.tree.norm(grads)
   ok = jnp.isfinite(value) & jnp.isfinite(grad_norm) & (state.bad_step < 0)
   keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(ok, new, old))
