@@ -41,6 +41,7 @@ def get_config(arg: str | None, *, max_violation: bool, space: str) -> ml_collec
   config.data.mean = (0.5, 0.5, 0.5)  # Per-channel normalisation of [0, 1] pixels.
   config.data.std = (0.25, 0.25, 0.25)
   config.data.read_threads = 2  # grain read threads per process.
+  config.data.build_workers = 0  # shapes: processes that build the dataset; 0 = all cores.
 
   config.model = ml_collections.ConfigDict()
   config.model.embed_dim = 256  # Joint space size (1024 in VSE++ on COCO).

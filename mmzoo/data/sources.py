@@ -64,7 +64,7 @@ def shapes_builder(data: ml_collections.ConfigDict, kind: str = "captions"):
   builder = builders.shapes_builder(
       kind, data.get("data_dir") or default_data_dir(), sizes=tuple(data.shapes_sizes),
       image_size=data.image_size, seed=data.get("shapes_seed", 0),
-      workers=data.get("build_workers", None))
+      workers=data.get("build_workers") or None)
   if jax.process_index() == 0:
     builders.prepare(builder)
   _sync(f"mmzoo build {builder.data_dir}")

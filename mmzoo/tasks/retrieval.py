@@ -10,6 +10,7 @@ embeds every image and every caption of a split and hands them to the
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -213,6 +214,100 @@ class RetrievalTask:
     if not self.precomputed:
       pixels = np.stack([image_ops.center_crop(p, self.config.data.crop_size) for p in pixels])
     return np.asarray(self._embed_images(params, jnp.asarray(pixels)))
+
+
+  # --- Queries: nearest neighbours and multimodal arithmetic. ---
+
+  def check_words(self, text: str) -> None:
+    """Rejects words the tokenizer's vocabulary lacks (word vocabularies only)."""
+    vocab = self.tokenizer
+    if isinstance(vocab, tokenizers.WordVocab):
+      unknown = [w for w in tokenizers.normalize([text])[0] if w not in vocab.index]
+      if unknown:
+        raise InputError(f"not in the vocabulary: {', '.join(map(repr, unknown))} (query "
+                         f"{text!r}); known words include {', '.join(vocab.words[4:14])}, ...")
+
+  def split_images(self, params, split: str) -> np.ndarray:
+    """Embeddings of a split's images (cached per params object)."""
+    key = (id(params), split)
+    if getattr(self, "_image_cache_key", None) != key:
+      source = self.split(split)
+      self._image_cache = self._embed_all(params, self.mesh, source,
+                                          lambda p, b: self._embed_images(p, b["image"]))
+      self._image_cache_key = key
+    return self._image_cache
+
+  def nearest(self, queries: np.ndarray, candidates: np.ndarray, k: int,
+              exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`(indices [Q, k], scores [Q, k])` of the best-scoring candidates per query."""
+    scores = np.array(losses.pairwise_scores(jnp.asarray(queries), jnp.asarray(candidates),
+                                               self.score))
+    if exclude is not None:
+      scores[np.arange(len(queries)), exclude] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(scores, order, axis=1)
+
+  def to_space(self, x: np.ndarray) -> np.ndarray:
+    """Projects a sum of joint-space vectors back into the space (unit norm / non-negative)."""
+    if self.config.model.space == "order":
+      return np.maximum(x, 0.0)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
+
+  def arithmetic(self, params, image_vector: np.ndarray, terms: list[tuple[str, str]]
+                 ) -> np.ndarray:
+    """image - word + word ... in the joint space (Kiros et al. 2014, section 5.3)."""
+    for _, word in terms:
+      self.check_words(word)
+    words = self.encode_text(params, [w for _, w in terms]) if terms else None
+    out = np.array(image_vector, np.float32)
+    for (sign, _), vector in zip(terms, words if words is not None else [], strict=True):
+      out = out + vector if sign == "+" else out - vector
+    return self.to_space(out)
+
+  def arithmetic_accuracy(self, params, split: str = "test", k: int = 5,
+                          max_queries: int = 0) -> dict[str, float]:
+    """Shapes only: image - colour + colour' over the one-object images of a split.
+
+    Every one-object image is a query once per other colour; the candidates are
+    the split's other one-object images, and a query succeeds when one of its
+    `k` nearest has colour'. `arithmetic_chance` is the same rate for `k`
+    candidates drawn at random (exact, hypergeometric), for comparison.
+    """
+    from mmzoo.data import shapes
+
+    if self.config.data.source != "shapes":
+      raise InputError("arithmetic accuracy needs the shapes world's scenes")
+    source = self.split(split)
+    scenes = [shapes.Scene.from_json(_text(source[i]["scene"])) for i in range(len(source))]
+    single = np.array([i for i, s in enumerate(scenes) if len(s.objects) == 1])
+    if len(single) <= k:
+      raise InputError(f"too few one-object images in the {split} split ({len(single)})")
+    colour = np.array([scenes[i].objects[0].colour for i in single])
+    image_emb = self.split_images(params, split)[single]
+    words = dict(zip(shapes.COLOURS, self.encode_text(params, list(shapes.COLOURS)),
+                     strict=True))
+    queries, targets, rows = [], [], []
+    for row, c in enumerate(colour):
+      for other in shapes.COLOURS:
+        if other != c:
+          queries.append(image_emb[row] - words[c] + words[other])
+          targets.append(other)
+          rows.append(row)
+    if max_queries:
+      queries, targets, rows = queries[:max_queries], targets[:max_queries], rows[:max_queries]
+    found, _ = self.nearest(self.to_space(np.stack(queries)), image_emb, k,
+                            exclude=np.array(rows))
+    hits = [bool(np.any(colour[f] == t)) for f, t in zip(found, targets, strict=True)]
+    n = len(single) - 1
+    chance = [1.0 - math.comb(n - int(np.sum(colour == t)), k) / math.comb(n, k)
+              for t in targets]
+    return {f"arithmetic_top{k}": 100.0 * float(np.mean(hits)),
+            "arithmetic_chance": 100.0 * float(np.mean(chance)),
+            "arithmetic_queries": float(len(hits))}
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 class _Prefix:
