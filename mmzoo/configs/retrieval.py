@@ -46,7 +46,9 @@ def get_config(arg: str | None, *, max_violation: bool, space: str) -> ml_collec
   config.model = ml_collections.ConfigDict()
   config.model.embed_dim = 256  # Joint space size (1024 in VSE++ on COCO).
   config.model.encoder = "small_cnn"  # mmzoo.nn.vision encoder name (resnet50, ...).
-  config.model.encoder_kwargs = ml_collections.ConfigDict()  # Options of that encoder.
+  config.model.cnn_features = (16, 32, 64, 128)  # small_cnn: channels per conv layer.
+  config.model.cnn_strides = (2, 2, 2, 2)  # small_cnn: strides (64x64 -> 4x4x128).
+  config.model.resnet_stages = 4  # resnet*: residual stages kept (3 gives conv4 features).
   config.model.frozen_encoder = False  # Keep the image encoder's weights fixed.
   config.model.text_kind = "gru"  # Sentence encoder: "gru", "lstm" or "bow".
   config.model.word_dim = 128  # Word embedding size (300 in VSE++).
@@ -103,8 +105,8 @@ def get_config(arg: str | None, *, max_violation: bool, space: str) -> ml_collec
     config.data.batch_size = 16
     config.data.max_len = 12
     config.model.embed_dim = 16
-    config.model.encoder_kwargs = ml_collections.ConfigDict({"features": (8, 16),
-                                                             "strides": (4, 2)})
+    config.model.cnn_features = (8, 16)
+    config.model.cnn_strides = (4, 2)
     config.model.word_dim = 8
     config.model.text_hidden = 16
     config.optimizer.warmup_steps = 2

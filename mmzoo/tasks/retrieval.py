@@ -51,7 +51,7 @@ class RetrievalTask:
     self.model = vse.JointEmbedding(
         vocab_size=self.tokenizer.vocab_size, embed_dim=m.embed_dim,
         encoder="precomputed" if self.precomputed else m.encoder,
-        encoder_kwargs=tuple(sorted(dict(m.get("encoder_kwargs", {}) or {}).items())),
+        encoder_kwargs=encoder_kwargs(m),
         frozen_encoder=m.frozen_encoder, text_kind=m.text_kind, word_dim=m.word_dim,
         text_hidden=m.text_hidden, text_pooling=m.text_pooling, space=m.space)
     self.k = data.captions_per_image
@@ -308,6 +308,15 @@ class RetrievalTask:
 
 def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def encoder_kwargs(model: ml_collections.ConfigDict) -> tuple:
+  """The options of `model.encoder` from a model config, as (name, value) pairs."""
+  if model.encoder == "small_cnn":
+    return (("features", tuple(model.cnn_features)), ("strides", tuple(model.cnn_strides)))
+  if model.encoder.startswith("resnet"):
+    return (("num_stages", model.resnet_stages),)
+  return ()
 
 
 class _Prefix:
