@@ -42,4 +42,8 @@ def run(names: Sequence[str], task: Any, params: Any, mesh: Any,
 
 
 def _import_builtin_evaluators() -> None:
-  from mmzoo.eval import lm  # noqa: F401  (registers "lm")
+  from mmzoo.eval import (
+    captions,  # noqa: F401  (registers "captions")
+    lm,  # noqa: F401  (registers "lm")
+    retrieval,  # noqa: F401  (registers "retrieval")
+  )

@@ -540,3 +540,30 @@ def from_torch(state_dict: Mapping[str, Any], cell: CellKind, num_layers: int,
   module = Recurrent(cell=cell, hidden_size=hidden_size, num_layers=num_layers,
                      bidirectional=bidirectional)
   return module, params
+
+
+class Cell(nn.Module):
+  """One RNN/LSTM/GRU step with PyTorch's gate math, for step-by-step decoders.
+
+  `__call__(x <float32>[batch, features], carry) -> new carry`, where the carry
+  is `h` (RNN/GRU) or `(h, c)` (LSTM), each `<float32>[batch, hidden_size]`.
+  Parameters are laid out as one layer of `Recurrent` (`w_ih`, `w_hh`, `b_ih`,
+  `b_hh`), with PyTorch's default init unless given.
+  """
+
+  cell: CellKind
+  hidden_size: int
+  kernel_init: Initializer | None = None
+  bias_init: Initializer | None = None
+
+  def zero_carry(self, batch_size: int, dtype=jnp.float32):
+    zeros = jnp.zeros((batch_size, self.hidden_size), dtype)
+    return (zeros, zeros) if self.cell == "lstm" else zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array, carry):
+    weights = _LayerWeights(
+        x.shape[-1], self.hidden_size, NUM_GATES[self.cell],
+        self.kernel_init or torch_default_init(self.hidden_size),
+        self.bias_init or torch_default_init(self.hidden_size), name="weights")()
+    return cell_step(self.cell, weights, x, carry)
