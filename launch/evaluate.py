@@ -24,11 +24,16 @@ _CHECKPOINT = flags.DEFINE_enum(
     "Which checkpoints to read; default the best when the run kept one, else the latest.")
 
 
+_BEAM = flags.DEFINE_integer("beam_size", None, "Captioning: beam width (1 = greedy); "
+                             "default the config's.")
+
+
 def main(argv):
   del argv
   common.initialize_distributed()
+  overrides = {"eval.beam_size": _BEAM.value} if _BEAM.value is not None else {}
   task, params, step = loop.restore_workdir(_WORKDIR.value, tasks.build, _STEP.value,
-                                            _CHECKPOINT.value)
+                                            _CHECKPOINT.value, overrides)
   results = task.evaluate(params, parallel.make_mesh(), _SPLIT.value)
   results = {"step": step, "split": _SPLIT.value, **results}
   if jax.process_index() == 0:
@@ -36,6 +41,10 @@ def main(argv):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"{_SPLIT.value}_step{step}.json"), "w") as f:
       json.dump(results, f, indent=2)
+    if hasattr(task, "write_predictions"):  # Captioning: COCO results format.
+      path = os.path.join(out_dir, f"{_SPLIT.value}_step{step}_predictions.json")
+      task.write_predictions(path)
+      results["predictions"] = path
     print(json.dumps(results), flush=True)
 
 

@@ -43,6 +43,7 @@ import re
 from collections.abc import Sequence
 
 from mmzoo.data import shapes
+from mmzoo.eval import registry
 
 _TOKEN = re.compile(r"[a-z0-9]+|[.,;:!?]")
 _BREAKS = frozenset(".,;:!?") | {"while", "but", "whereas", "where"}
@@ -323,3 +324,19 @@ def grounding_metrics(captions: Sequence[str], scenes: Sequence[shapes.Scene | s
     **totals,
   }
   return metrics, per_caption
+
+
+@registry.register("grounding")
+def evaluate_grounding(task, params, mesh, split: str) -> dict[str, float]:
+  """The "grounding" evaluator: the task's predicted captions against their shapes scenes.
+
+  Asks `task.caption_predictions(params, mesh, split)` for `(references, predictions)`
+  and `task.scenes(split)` for `{image_id: scene JSON}`.
+  """
+  _, predictions = task.caption_predictions(params, mesh, split)
+  scenes = task.scenes(split)
+  keys = sorted(predictions)
+  metrics, _ = grounding_metrics([predictions[k] for k in keys], [scenes[k] for k in keys])
+  return {f"grounding_{k}" if not k.startswith("num_") else k: v for k, v in metrics.items()
+          if k in ("mention_precision", "mention_recall", "relation_accuracy", "count_accuracy",
+                   "num_relations")}

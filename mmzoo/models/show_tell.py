@@ -1,4 +1,4 @@
-"""Show and Tell (Vinyals, Toshev, Bengio, Erhan 2015), and the lectures' image-in-the-recurrence RNN.
+"""Show and Tell (Vinyals et al. 2015), and the lectures' image-in-the-recurrence RNN.
 
 Show and Tell (`variant="vinyals"`), eqs. 10-12 of the paper:
   x_{-1} = W_I CNN(I)            the image is the LSTM's first input, once

@@ -18,4 +18,8 @@ def build(config: ml_collections.ConfigDict, artifacts: dict | None = None, **kw
     from mmzoo.tasks.retrieval import RetrievalTask
 
     return RetrievalTask(config, artifacts, **kwargs)
+  if config.task == "captioning":
+    from mmzoo.tasks.captioning import CaptioningTask
+
+    return CaptioningTask(config, artifacts, **kwargs)
   raise ValueError(f"unknown task {config.task!r}")

@@ -171,6 +171,14 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
     logging.info("resumed from %s at step %d", checkpointer.directory, last_saved)
   else:
     state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
+    if cfg.get("init_from"):
+      # A warm start (e.g. self-critical training after cross-entropy): the params of
+      # another run's best (or latest) checkpoint; optimizer and step start afresh.
+      params = restore_params(task, cfg.init_from,
+                              which="best" if os.path.isdir(ckpt_lib.checkpoint_dir(
+                                  cfg.init_from, "best")) else "latest")
+      state = state.replace(params=params)
+      logging.info("initialised params from %s", cfg.init_from)
 
   step_fn = jax.jit(functools.partial(train_step, tx, task.loss_fn),
                     in_shardings=(shardings, parallel.batch_sharding(mesh)),
@@ -250,12 +258,15 @@ def restore_params(task: Task, workdir: str, step: int | None = None,
 
 
 def restore_workdir(workdir: str, build_task: Callable[..., Task], step: int | None = None,
-                    which: str | None = None) -> tuple[Task, Any, int]:
+                    which: str | None = None,
+                    overrides: dict[str, Any] | None = None) -> tuple[Task, Any, int]:
   """Rebuilds `(task, params, step)` from a workdir alone.
 
   `build_task(config, artifacts)` makes the task from the checkpoint's config
   and artifacts (e.g. `mmzoo.tasks.build`). `which` is "latest" or "best";
   None means the best when the run kept one (`train.best_metric`), else the latest.
+  `overrides` (`{"section.field": value}`) change the restored config, e.g. the
+  evaluation's beam size.
   """
   if which is None:
     which = "best" if os.path.isdir(ckpt_lib.checkpoint_dir(workdir, "best")) else "latest"
@@ -263,6 +274,9 @@ def restore_workdir(workdir: str, build_task: Callable[..., Task], step: int | N
   try:
     step = checkpointer.resolve_step(step)
     config = ml_collections.ConfigDict(checkpointer.load_config(step))
+    for key, value in (overrides or {}).items():  # Evaluation-time settings, e.g. beam size.
+      section, name = key.split(".")
+      config[section][name] = value
     task = build_task(config, checkpointer.load_artifacts(step))
   finally:
     checkpointer.close()
