@@ -47,15 +47,20 @@ def test_task_loss_on_8_devices_uses_the_global_batch(data_dir):
   task = tasks.build(_config(vsepp, data_dir))
   params = jax.jit(task.init_params)(jax.random.PRNGKey(0))
   batch = next(task.train_batches())
-  sharded = parallel.global_batch(batch, task.mesh)
-  assert len(sharded["tokens"].sharding.device_set) == 8
-  loss8 = jax.jit(task.loss_fn)(params, {}, sharded, jax.random.PRNGKey(1))[0]
   # Reference: the plain loss over the whole batch's embeddings, on one device
   # (in training mode, as the task's loss embeds images).
   images, _ = task._images(params, jnp.asarray(batch["image"]), train=True)
   captions = task._captions(params, jnp.asarray(batch["tokens"]), jnp.asarray(batch["length"]))
-  expected = losses.contrastive_loss(images, captions, 0.2, max_violation=True, score="dot")
-  np.testing.assert_allclose(loss8, expected, rtol=1e-5)
+  loss_fn = jax.jit(task.loss_fn)
+  warmup = task.config.loss.max_violation_warmup
+  for step, hardest in [(0, False), (warmup, True)]:  # The sum first, then VSE++'s max.
+    batch["step"][:] = step
+    sharded = parallel.global_batch(batch, task.mesh)
+    assert len(sharded["tokens"].sharding.device_set) == 8
+    loss8 = loss_fn(params, {}, sharded, jax.random.PRNGKey(1))[0]
+    expected = losses.contrastive_loss(images, captions, 0.2, max_violation=hardest,
+                                       score="dot")
+    np.testing.assert_allclose(loss8, expected, rtol=1e-5)
 
 
 def test_launchers_train_evaluate_and_query(data_dir, tmp_path):

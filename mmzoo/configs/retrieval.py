@@ -60,6 +60,8 @@ def get_config(arg: str | None, *, max_violation: bool, space: str) -> ml_collec
   config.loss.kind = "hinge"  # "hinge" ranking loss or "softmax" (in-batch InfoNCE).
   config.loss.margin = 0.05 if space == "order" else 0.2  # Hinge margin alpha.
   config.loss.max_violation = max_violation  # Hardest negative only (VSE++), else sum.
+  # VSE++ from random init: the sum over negatives for this many steps first (0 = never).
+  config.loss.max_violation_warmup = 500 if max_violation else 0
   config.loss.temperature = 0.07  # softmax: logit temperature.
 
   config.optimizer = ml_collections.ConfigDict()
@@ -100,6 +102,7 @@ def get_config(arg: str | None, *, max_violation: bool, space: str) -> ml_collec
     config.data.batch_size = 128
     config.data.min_count = 4
     config.optimizer.learning_rate = 2e-4
+    config.loss.max_violation_warmup = 0  # Pretrained features: as VSE++ trains.
   if "smoke" in variants:
     config.data.shapes_sizes = (96, 32, 32)
     config.data.batch_size = 16
@@ -110,6 +113,7 @@ def get_config(arg: str | None, *, max_violation: bool, space: str) -> ml_collec
     config.model.word_dim = 8
     config.model.text_hidden = 16
     config.optimizer.warmup_steps = 2
+    config.loss.max_violation_warmup = 4 if max_violation else 0
     config.train.num_steps = 12
     config.train.log_every = 4
     config.train.eval_every = 6

@@ -107,6 +107,36 @@ def train_batches(source: Sequence, transform: Transform, batch_size: int, seed:
   return iter(ds.to_iter_dataset(options))
 
 
+class Counted:
+  """Adds `step`, the number of batches drawn before this one, to every batch.
+
+  For losses that change with training progress (scheduled sampling, a loss
+  warm-up): the step travels in the batch, one copy per example. The state is
+  the wrapped iterator's, whose `next_index` counts batches.
+  """
+
+  def __init__(self, batches: grain.DatasetIterator):
+    self.batches = batches
+    self.count = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    batch = next(self.batches)
+    size = len(next(v for v in batch.values() if isinstance(v, np.ndarray)))
+    batch["step"] = np.full(size, self.count, np.int32)
+    self.count += 1
+    return batch
+
+  def get_state(self) -> dict:
+    return self.batches.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self.batches.set_state(state)
+    self.count = int(state["next_index"])
+
+
 def eval_batches(source: Sequence, transform: Transform, batch_size: int, *,
                  process_index: int | None = None, process_count: int | None = None,
                  read_threads: int = 2) -> grain.DatasetIterator:

@@ -76,35 +76,6 @@ class FeatureSource:
     return record
 
 
-class _Counted:
-  """Adds `step`, the number of batches drawn before this one, to every batch.
-
-  Scheduled sampling raises its probability with the training step; the step
-  travels in the batch (one copy per example) because the loss sees no other
-  counter. Its state is the wrapped iterator's, whose `next_index` counts batches.
-  """
-
-  def __init__(self, batches):
-    self.batches = batches
-    self.count = 0
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict:
-    batch = next(self.batches)
-    batch["step"] = np.full(len(batch["tokens"]), self.count, np.int32)
-    self.count += 1
-    return batch
-
-  def get_state(self) -> dict:
-    return self.batches.get_state()
-
-  def set_state(self, state: dict) -> None:
-    self.batches.set_state(state)
-    self.count = int(state["next_index"])
-
-
 class CaptioningTask:
   """Binds a captioner, its data, decoding and the caption evaluators."""
 
@@ -329,8 +300,8 @@ class CaptioningTask:
           self.splits["train"], functools.partial(self._image_example, train=True),
           per_process, self.config.seed, read_threads=d.read_threads)
     pairs = pipeline.CaptionPairs(self.splits["train"], d.captions_per_image)
-    return _Counted(pipeline.train_batches(pairs, self._caption_example, per_process,
-                                           self.config.seed, read_threads=d.read_threads))
+    return pipeline.Counted(pipeline.train_batches(pairs, self._caption_example, per_process,
+                                                   self.config.seed, read_threads=d.read_threads))
 
   def evaluate(self, params, mesh, split: str = "validation") -> dict[str, float]:
     self._predictions_cache = None

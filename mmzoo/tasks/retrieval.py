@@ -59,14 +59,17 @@ class RetrievalTask:
     self.mesh = parallel.make_mesh()
     loss = config.loss
     if loss.kind == "hinge":
-      fn = functools.partial(losses.contrastive_loss, margin=loss.margin,
-                             max_violation=loss.max_violation, score=self.score)
+      fn = functools.partial(losses.contrastive_loss, margin=loss.margin, score=self.score)
+      self._loss = losses.global_contrastive_loss(fn, self.mesh)
+      if loss.max_violation:
+        self._hardest = losses.global_contrastive_loss(
+            functools.partial(fn, max_violation=True), self.mesh)
     elif loss.kind == "softmax":
       fn = functools.partial(losses.softmax_contrastive_loss, temperature=loss.temperature,
                              score=self.score)
+      self._loss = losses.global_contrastive_loss(fn, self.mesh)
     else:
       raise InputError(f"unknown loss.kind {loss.kind!r}; use hinge or softmax")
-    self._loss = losses.global_contrastive_loss(fn, self.mesh)
     self._embed_images = jax.jit(lambda params, images: self._images(params, images)[0])
     self._embed_captions = jax.jit(self._captions)
 
@@ -142,7 +145,14 @@ class RetrievalTask:
     del rng
     image_emb, new_stats = self._images(params, batch["image"], train=True)
     caption_emb = self._captions(params, batch["tokens"], batch["length"])
-    total = self._loss(image_emb, caption_emb)
+    loss = self.config.loss
+    if loss.kind == "hinge" and loss.max_violation:
+      # VSE++'s hardest negatives, after `max_violation_warmup` steps of the sum over all
+      # negatives: from random init the hardest negative alone can collapse the space.
+      warm = batch["step"][0] < loss.get("max_violation_warmup", 0)
+      total = jax.lax.cond(warm, self._loss, self._hardest, image_emb, caption_emb)
+    else:
+      total = self._loss(image_emb, caption_emb)
     count = jnp.asarray(batch["tokens"].shape[0], jnp.float32)
     return total, ({"loss": (total, count)}, task_state, dict(new_stats))
 
@@ -150,9 +160,9 @@ class RetrievalTask:
     d = self.config.data
     parallel.check_batch_size(d.batch_size, "data.batch_size")
     pairs = pipeline.CaptionPairs(self.splits["train"], self.k)
-    return pipeline.train_batches(pairs, self._transform(train=True),
-                                  d.batch_size // jax.process_count(), self.config.seed,
-                                  read_threads=d.read_threads)
+    return pipeline.Counted(pipeline.train_batches(
+        pairs, self._transform(train=True), d.batch_size // jax.process_count(),
+        self.config.seed, read_threads=d.read_threads))
 
   def evaluate(self, params, mesh, split: str = "validation") -> dict[str, float]:
     return registry.run(self.config.eval.evaluators, self, params, mesh, split)
