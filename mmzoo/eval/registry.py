@@ -43,7 +43,9 @@ def run(names: Sequence[str], task: Any, params: Any, mesh: Any,
 
 def _import_builtin_evaluators() -> None:
   from mmzoo.eval import (
+    arithmetic,  # noqa: F401  (registers "arithmetic")
     captions,  # noqa: F401  (registers "captions")
+    grounding,  # noqa: F401  (registers "grounding")
     lm,  # noqa: F401  (registers "lm")
     retrieval,  # noqa: F401  (registers "retrieval")
   )
