@@ -407,5 +407,5 @@ def test_caption_transform_tokenizes_pads_and_picks_a_caption():
   picked = {vocab.decode(fn(record, np.random.default_rng(s))["tokens"]) for s in range(20)}
   assert picked == {"a red circle", "two green triangles next to"}  # the second is truncated
   short = fn({**record, "caption": b"a red circle"}, None)
-  np.testing.assert_array_equal(short["tokens"], [1] + vocab.encode("a red circle") + [2, 0, 0])
+  np.testing.assert_array_equal(short["tokens"], [1] + vocab.encode("a red circle") + [2, 0])
   assert short["length"] == 4  # three words and eos
