@@ -31,8 +31,10 @@ class _DropLibraryChatter:
     return record.levelno > 20 or "/orbax/" not in record.pathname
 
 
-def run(main) -> None:
+def run(main, positional: bool = False) -> None:
   """`app.run(main)`, printing input problems as one line and exiting 1.
+
+  Positional arguments are refused unless `positional` (then `main` gets them).
 
   In a multi-process job any error ends every process: this one prints it (a
   traceback first, unless it is an input problem) and exits 1, and the others
@@ -43,7 +45,7 @@ def run(main) -> None:
 
   def checked_main(argv):
     logging.get_absl_handler().addFilter(_DropLibraryChatter())
-    if len(argv) > 1:
+    if len(argv) > 1 and not positional:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
       result = main(argv)

@@ -1,6 +1,7 @@
 """Captioning end to end: models, the XE and SCST phases, evaluation from a workdir."""
 
 import json
+import os
 import subprocess
 
 import jax
@@ -121,3 +122,21 @@ def test_xe_then_scst_then_evaluate_from_the_workdir(data_dir, tmp_path):
     assert key in result
   predictions = json.load(open(result["predictions"]))
   assert len(predictions) == 32 and {"image_id", "caption"} == set(predictions[0])
+
+  # Captioning files: any size and mode; a bad file is named, the rest still captioned.
+  from PIL import Image
+
+  Image.fromarray(np.zeros((10, 4000, 3), np.uint8) + 200).save(tmp_path / "wide.jpg")
+  Image.fromarray(np.zeros((1, 1), np.uint8)).save(tmp_path / "tiny.png")
+  Image.fromarray(np.zeros((9, 9, 4), np.uint8)).save(tmp_path / "rgba.png")
+  (tmp_path / "text.jpg").write_text("not an image")
+  files = [tmp_path / n for n in ("wide.jpg", "text.jpg", "tiny.png", "missing.png", "rgba.png")]
+  run = subprocess.run(launcher("caption_images") + [
+      f"--workdir={scst}", f"--attention_dir={tmp_path / 'att'}", *map(str, files)],
+      env=env, capture_output=True, text=True, cwd=REPO)
+  assert run.returncode == 1
+  errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 2 and "text.jpg: cannot decode" in errors[0] and "missing.png" in errors[1]
+  captioned = [line for line in run.stdout.splitlines() if line.startswith(str(tmp_path))]
+  assert [line.split(":")[0] for line in captioned] == [str(f) for f in files[::2]]
+  assert sorted(os.listdir(tmp_path / "att")) == ["rgba.png", "tiny.png", "wide.png"]
