@@ -81,57 +81,75 @@ def pairwise_scores(images: jax.Array, captions: jax.Array, score: str = "cosine
   raise ValueError(f"unknown score {score!r}; use dot, cosine or order")
 
 
-def _hinge_per_query(scores: jax.Array, positive: jax.Array, margin: float,
-                     max_violation: bool) -> jax.Array:
-  """Per row of `scores [n, B]` whose positive sits in column `positive [n]`."""
+def _hinge_per_query(scores: jax.Array, positive: jax.Array, not_negative: jax.Array,
+                     margin: float, max_violation: bool) -> jax.Array:
+  """Per row of `scores [n, B]` whose positive sits in column `positive [n]`.
+
+  `not_negative [n, B]` marks columns that are no negatives of the row (its positive,
+  and any other match of the query).
+  """
   pos = jnp.take_along_axis(scores, positive[:, None], axis=1)
-  cost = jnp.maximum(0.0, margin - pos + scores)
-  is_positive = jnp.arange(scores.shape[1])[None, :] == positive[:, None]
-  cost = jnp.where(is_positive, 0.0, cost)
+  cost = jnp.where(not_negative, 0.0, jnp.maximum(0.0, margin - pos + scores))
   return cost.max(axis=1) if max_violation else cost.sum(axis=1)
 
 
-def _softmax_per_query(scores: jax.Array, positive: jax.Array, temperature: float) -> jax.Array:
-  logits = scores / temperature
+def _softmax_per_query(scores: jax.Array, positive: jax.Array, not_negative: jax.Array,
+                       temperature: float) -> jax.Array:
+  is_positive = jnp.arange(scores.shape[1])[None, :] == positive[:, None]
+  logits = jnp.where(not_negative & ~is_positive, -jnp.inf, scores / temperature)
   pos = jnp.take_along_axis(logits, positive[:, None], axis=1)[:, 0]
   return jax.nn.logsumexp(logits, axis=1) - pos
 
 
 def _both_directions(images: jax.Array, captions: jax.Array, score: str, per_query: Callable,
-                     axis_name: str | None) -> jax.Array:
+                     axis_name: str | None, match_ids: jax.Array | None) -> jax.Array:
   """Sum over this device's image queries and caption queries of `per_query` losses."""
   n = images.shape[0]
-  if axis_name is None:
-    all_images, all_captions, offset = images, captions, 0
-  else:
-    all_images = jax.lax.all_gather(images, axis_name, tiled=True)
-    all_captions = jax.lax.all_gather(captions, axis_name, tiled=True)
-    offset = jax.lax.axis_index(axis_name) * n
+  gather = ((lambda x: x) if axis_name is None
+            else (lambda x: jax.lax.all_gather(x, axis_name, tiled=True)))
+  all_images, all_captions = gather(images), gather(captions)
+  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
   positive = offset + jnp.arange(n)
+  not_negative = jnp.arange(n * (1 if axis_name is None else jax.lax.axis_size(axis_name)))[
+      None, :] == positive[:, None]
+  if match_ids is not None:
+    # Pairs sharing an id (the same image, or the same caption text) match each other.
+    all_ids = gather(match_ids)
+    not_negative = not_negative | jnp.any(
+        match_ids[:, None, :] == all_ids[None, :, :], axis=-1)
   image_queries = pairwise_scores(images, all_captions, score)          # [n, B]
   caption_queries = pairwise_scores(all_images, captions, score).T      # [n, B]
-  total = per_query(image_queries, positive).sum() + per_query(caption_queries, positive).sum()
+  total = (per_query(image_queries, positive, not_negative).sum()
+           + per_query(caption_queries, positive, not_negative).sum())
   return total if axis_name is None else jax.lax.psum(total, axis_name)
 
 
 def contrastive_loss(images: jax.Array, captions: jax.Array, margin: float = 0.2, *,
                      max_violation: bool = False, score: str = "cosine",
-                     axis_name: str | None = None) -> jax.Array:
+                     axis_name: str | None = None,
+                     match_ids: jax.Array | None = None) -> jax.Array:
   """Bidirectional hinge ranking loss, summed over queries (as VSE/VSE++ report it).
 
   images, captions: `<float>[n, D]`, row i of each a matching pair. Sum of hinges
   over all negatives, or the hardest negative only with `max_violation`.
+  `match_ids <int>[n, m]`: pairs i and j with any equal id (e.g. the same image,
+  or the same caption text) are not negatives of each other. Without them a
+  batch's duplicate captions are false negatives, which the hardest-negative
+  loss singles out.
   """
   per_query = partial(_hinge_per_query, margin=margin, max_violation=max_violation)
-  return _both_directions(images, captions, score, per_query, axis_name)
+  return _both_directions(images, captions, score, per_query, axis_name, match_ids)
 
 
 def softmax_contrastive_loss(images: jax.Array, captions: jax.Array, temperature: float = 0.07,
-                             *, score: str = "cosine",
-                             axis_name: str | None = None) -> jax.Array:
-  """In-batch softmax cross-entropy, image->text plus text->image, summed over queries."""
+                             *, score: str = "cosine", axis_name: str | None = None,
+                             match_ids: jax.Array | None = None) -> jax.Array:
+  """In-batch softmax cross-entropy, image->text plus text->image, summed over queries.
+
+  `match_ids` as in `contrastive_loss`: other matches leave the softmax.
+  """
   per_query = partial(_softmax_per_query, temperature=temperature)
-  return _both_directions(images, captions, score, per_query, axis_name)
+  return _both_directions(images, captions, score, per_query, axis_name, match_ids)
 
 
 def global_contrastive_loss(loss_fn: Callable, mesh: Mesh, axis: str = "data") -> Callable:
@@ -139,11 +157,20 @@ def global_contrastive_loss(loss_fn: Callable, mesh: Mesh, axis: str = "data") -
 
   `loss_fn` is `contrastive_loss` or `softmax_contrastive_loss` with its options
   bound (`functools.partial`); it runs per device inside `shard_map` with
-  negatives gathered from every device.
+  negatives (and `match_ids`, when given) gathered from every device.
   """
   spec = PartitionSpec(axis)
 
-  def per_device(images, captions):
-    return loss_fn(images, captions, axis_name=axis)
+  def per_device(images, captions, match_ids=None):
+    return loss_fn(images, captions, axis_name=axis, match_ids=match_ids)
 
-  return jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec), out_specs=PartitionSpec())
+  with_ids = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec, spec),
+                           out_specs=PartitionSpec())
+  without = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec),
+                          out_specs=PartitionSpec())
+
+  def loss(images, captions, match_ids=None):
+    return without(images, captions) if match_ids is None else with_ids(images, captions,
+                                                                        match_ids)
+
+  return loss

@@ -72,11 +72,32 @@ def test_max_violation_picks_the_hardest_negative():
 
   def image0_loss(c):
     s = losses.pairwise_scores(jnp.asarray(im[:1]), c, "dot")
-    return losses._hinge_per_query(s, jnp.array([0]), 0.5, True).sum()
+    not_negative = jnp.array([[True, False, False]])
+    return losses._hinge_per_query(s, jnp.array([0]), not_negative, 0.5, True).sum()
 
   grad = np.asarray(jax.grad(image0_loss)(jnp.asarray(cap)))
   assert np.abs(grad[1]).sum() > 0  # caption 1 scores 0.9: the hardest negative of image 0
   assert np.abs(grad[2]).sum() == 0
+
+
+def test_matching_pairs_are_not_negatives():
+  # Pairs 0 and 2 share an id (say, the same caption text): neither is the other's negative.
+  ids = np.array([[7], [8], [7]])
+  s = (IMAGES @ CAPTIONS.T).tolist()
+  for hardest in (False, True):
+    got = losses.contrastive_loss(IMAGES, CAPTIONS, 0.2, score="dot", max_violation=hardest,
+                                  match_ids=ids)
+    total = 0.0
+    for i in range(3):
+      negatives = [j for j in range(3) if ids[j, 0] != ids[i, 0]]
+      rows = [max(0.0, 0.2 - s[i][i] + s[i][j]) for j in negatives]
+      cols = [max(0.0, 0.2 - s[i][i] + s[j][i]) for j in negatives]
+      total += (max(rows) + max(cols)) if hardest else (sum(rows) + sum(cols))
+    np.testing.assert_allclose(got, total, rtol=1e-6)
+  # By hand for the sum: rows 0 and 2 lose their terms against each other:
+  #   row 2: [0.2-0.4+0.3]+ = 0.1;  col 1: [0.2-0.6+0.5]+ = 0.1;  every other term is 0.
+  np.testing.assert_allclose(
+      losses.contrastive_loss(IMAGES, CAPTIONS, 0.2, score="dot", match_ids=ids), 0.2, rtol=1e-6)
 
 
 def test_order_violation_is_zero_iff_x_dominates_y():
@@ -124,8 +145,10 @@ def test_global_negatives_on_8_devices_equal_one_device(name):
   mesh = parallel.make_mesh()
   sharding = NamedSharding(mesh, PartitionSpec("data"))
   global_fn = jax.jit(jax.value_and_grad(losses.global_contrastive_loss(fn, mesh), (0, 1)))
-  loss8, grads8 = global_fn(jax.device_put(im, sharding), jax.device_put(cap, sharding))
-  loss1, grads1 = jax.value_and_grad(fn, (0, 1))(im, cap)
+  ids = rng.integers(0, 6, size=(16, 2))  # Some pairs on different devices match.
+  loss8, grads8 = global_fn(jax.device_put(im, sharding), jax.device_put(cap, sharding),
+                            jax.device_put(ids, sharding))
+  loss1, grads1 = jax.value_and_grad(functools.partial(fn, match_ids=ids), (0, 1))(im, cap)
   np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
   for g8, g1 in zip(grads8, grads1, strict=True):
     np.testing.assert_allclose(g8, g1, rtol=1e-4, atol=1e-6)

@@ -59,7 +59,7 @@ def test_task_loss_on_8_devices_uses_the_global_batch(data_dir):
     assert len(sharded["tokens"].sharding.device_set) == 8
     loss8 = loss_fn(params, {}, sharded, jax.random.PRNGKey(1))[0]
     expected = losses.contrastive_loss(images, captions, 0.2, max_violation=hardest,
-                                       score="dot")
+                                       score="dot", match_ids=batch["match_ids"])
     np.testing.assert_allclose(loss8, expected, rtol=1e-5)
 
 

@@ -65,6 +65,7 @@ class CaptionPairs:
     captions = record["captions"]
     record["caption"] = captions[(index % self.k) % len(captions)]
     record["caption_index"] = index % self.k
+    record["image_index"] = index // self.k
     return record
 
 

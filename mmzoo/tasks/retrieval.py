@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -99,7 +100,11 @@ class RetrievalTask:
       caption = record.get("caption", record["captions"][0])
       caption = caption.decode("utf-8") if isinstance(caption, bytes) else caption
       ids, length = tokenizers.pad([self.tokenizer.encode(caption, add_eos=True)], max_len)
-      return {"image": np.asarray(image), "tokens": ids[0], "length": length[0]}
+      # Pairs of the same image, or with the same caption text, are not negatives.
+      match_ids = np.array([record.get("image_index", -1),
+                            zlib.crc32(ids[0].tobytes()) & 0x7FFFFFFF], np.int32)
+      return {"image": np.asarray(image), "tokens": ids[0], "length": length[0],
+              "match_ids": match_ids}
 
     return transform
 
@@ -150,9 +155,10 @@ class RetrievalTask:
       # VSE++'s hardest negatives, after `max_violation_warmup` steps of the sum over all
       # negatives: from random init the hardest negative alone can collapse the space.
       warm = batch["step"][0] < loss.get("max_violation_warmup", 0)
-      total = jax.lax.cond(warm, self._loss, self._hardest, image_emb, caption_emb)
+      total = jax.lax.cond(warm, self._loss, self._hardest, image_emb, caption_emb,
+                           batch["match_ids"])
     else:
-      total = self._loss(image_emb, caption_emb)
+      total = self._loss(image_emb, caption_emb, batch["match_ids"])
     count = jnp.asarray(batch["tokens"].shape[0], jnp.float32)
     return total, ({"loss": (total, count)}, task_state, dict(new_stats))
 
