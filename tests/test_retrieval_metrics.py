@@ -440,3 +440,17 @@ def test_cli_bad_input_exits_1_without_traceback(tmp_path):
   assert result.returncode == 1
   assert result.stdout == ""
   assert result.stderr == f"error: {path}: no such file\n"
+
+
+def test_classification_accuracy_counts():
+  from mmzoo.eval import classification, registry
+
+  assert classification.accuracy([1, 2, 3, 4], [1, 0, 3, 0]) == (2.0, 4.0)
+  assert classification.accuracy([1, 2, 3, 4], [1, 0, 3, 0], [1, 1, 0, 0]) == (1.0, 2.0)
+
+  class Task:
+    def classification_counts(self, params, mesh, split):
+      return 3.0, 4.0
+
+  assert registry.get("accuracy")(Task(), None, None, "test") == {"accuracy": 75.0,
+                                                                  "count": 4.0}

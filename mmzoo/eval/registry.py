@@ -45,6 +45,7 @@ def _import_builtin_evaluators() -> None:
   from mmzoo.eval import (
     arithmetic,  # noqa: F401  (registers "arithmetic")
     captions,  # noqa: F401  (registers "captions")
+    classification,  # noqa: F401  (registers "accuracy")
     grounding,  # noqa: F401  (registers "grounding")
     lm,  # noqa: F401  (registers "lm")
     retrieval,  # noqa: F401  (registers "retrieval")
