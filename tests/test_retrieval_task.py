@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -98,3 +99,10 @@ def test_launchers_train_evaluate_and_query(data_dir, tmp_path):
     errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "'zebra'" in errors[0] and "vocabulary" in errors[0]
     assert "Traceback" not in refused.stderr
+
+  pca = tmp_path / "pca.png"
+  plot = subprocess.run([sys.executable, "-m", "mmzoo.eval.plots", "embeddings",
+                         f"--workdir={workdir}", f"--out={pca}"], env=env, capture_output=True,
+                        text=True)
+  assert plot.returncode == 0, plot.stderr[-2000:]
+  assert pca.stat().st_size > 1000

@@ -4,6 +4,13 @@
 
 draws the training loss and the validation metric against the step, from
 W/metrics.jsonl, and marks the wall-clock minutes when W/metrics.jsonl has them.
+
+  python -m mmzoo.eval.plots embeddings --workdir=W --out=pca.png [--split=test]
+
+draws a joint image-text embedding (VSE, VSE++, order) in its first two principal
+components: a split's images as dots coloured by their shapes object's colour (grey
+for other data), and words (colours and shapes by default, `--words` otherwise) as
+labelled points.
 """
 
 from __future__ import annotations
@@ -67,6 +74,62 @@ def plot_curves(workdir: str, out: str, metric: str = "bpc", title: str | None =
   plt.close(fig)
 
 
+def plot_embeddings(workdir: str, out: str, split: str = "test", max_images: int = 500,
+                    words: list[str] | None = None) -> None:
+  """PCA of a retrieval model's joint space: images and words together."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  from mmzoo import tasks
+  from mmzoo.train import loop
+
+  task, params, _ = loop.restore_workdir(workdir, tasks.build)
+  if not hasattr(task, "encode_text"):
+    raise InputError(f"{workdir}: holds a {task.config.task} model, not a joint embedding")
+  images = task.split_images(params, split)[:max_images]
+  source = task.split(split)
+  colours = ["0.6"] * len(images)
+  if task.config.data.source == "shapes":
+    from mmzoo.data import shapes
+
+    if words is None:
+      words = list(shapes.COLOURS) + list(shapes.SHAPES)
+    rgb = {c: tuple(v / 255 for v in shapes.RGB[c]) for c in shapes.COLOURS}
+    for i in range(len(images)):
+      scene = shapes.Scene.from_json(_text(source[i]["scene"]))
+      if len(scene.objects) == 1:
+        colours[i] = rgb[scene.objects[0].colour]
+  words = words or []
+  for word in words:
+    task.check_words(word)
+  word_vectors = task.encode_text(params, words) if words else np.zeros((0, images.shape[1]))
+  both = np.concatenate([images, word_vectors])
+  centred = both - both[:len(images)].mean(0)
+  _, _, vt = np.linalg.svd(centred[:len(images)], full_matrices=False)
+  xy = centred @ vt[:2].T
+  fig, ax = plt.subplots(figsize=(7, 6))
+  ax.scatter(xy[:len(images), 0], xy[:len(images), 1], c=colours, s=12, alpha=0.8,
+             edgecolors="0.3", linewidths=0.2, label=f"{split} images")
+  ax.scatter(xy[len(images):, 0], xy[len(images):, 1], marker="x", c="black", s=30,
+             label="words")
+  for word, (x, y) in zip(words, xy[len(images):], strict=True):
+    ax.annotate(word, (x, y), fontsize=9, xytext=(3, 3), textcoords="offset points")
+  ax.set_xlabel("principal component 1")
+  ax.set_ylabel("principal component 2")
+  ax.set_title(f"{os.path.basename(os.path.normpath(workdir))}: joint space (PCA of images)")
+  ax.legend(loc="best", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m mmzoo.eval.plots")
   sub = parser.add_subparsers(dest="command", required=True)
@@ -76,9 +139,19 @@ def main(argv: list[str] | None = None) -> int:
   curves.add_argument("--metric", default="bpc")
   curves.add_argument("--title", default=None)
   curves.add_argument("--x", choices=("step", "minutes"), default="step")
+  embeddings = sub.add_parser("embeddings", help="PCA of a joint image-text space")
+  embeddings.add_argument("--workdir", required=True)
+  embeddings.add_argument("--out", required=True)
+  embeddings.add_argument("--split", default="test")
+  embeddings.add_argument("--max_images", type=int, default=500)
+  embeddings.add_argument("--words", default=None, help="comma-separated words to place")
   args = parser.parse_args(argv)
   try:
-    plot_curves(args.workdir, args.out, args.metric, args.title, args.x)
+    if args.command == "curves":
+      plot_curves(args.workdir, args.out, args.metric, args.title, args.x)
+    else:
+      plot_embeddings(args.workdir, args.out, args.split, args.max_images,
+                      args.words.split(",") if args.words else None)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
