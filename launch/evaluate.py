@@ -28,10 +28,16 @@ _BEAM = flags.DEFINE_integer("beam_size", None, "Captioning: beam width (1 = gre
                              "default the config's.")
 
 
+_SUBSET = flags.DEFINE_enum("subset", None, ["all", "relations"],
+                            "Captioning on shapes: evaluate only images with relations.")
+
+
 def main(argv):
   del argv
   common.initialize_distributed()
   overrides = {"eval.beam_size": _BEAM.value} if _BEAM.value is not None else {}
+  if _SUBSET.value is not None:
+    overrides["eval.subset"] = _SUBSET.value
   task, params, step = loop.restore_workdir(_WORKDIR.value, tasks.build, _STEP.value,
                                             _CHECKPOINT.value, overrides)
   results = task.evaluate(params, parallel.make_mesh(), _SPLIT.value)
@@ -39,10 +45,11 @@ def main(argv):
   if jax.process_index() == 0:
     out_dir = os.path.join(_WORKDIR.value, "eval")
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{_SPLIT.value}_step{step}.json"), "w") as f:
+    name = f"{_SPLIT.value}_step{step}" + (f"_{_SUBSET.value}" if _SUBSET.value else "")
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
       json.dump(results, f, indent=2)
     if hasattr(task, "write_predictions"):  # Captioning: COCO results format.
-      path = os.path.join(out_dir, f"{_SPLIT.value}_step{step}_predictions.json")
+      path = os.path.join(out_dir, f"{name}_predictions.json")
       task.write_predictions(path)
       results["predictions"] = path
     print(json.dumps(results), flush=True)

@@ -97,6 +97,7 @@ def get_config(arg: str | None, *, model: str) -> ml_collections.ConfigDict:
   config.eval.groups = 1  # Diverse beam search groups (beam_size must divide by it).
   config.eval.diversity_strength = 0.5  # Diverse beam search: Hamming penalty lambda.
   config.eval.max_images = 1000  # Images per evaluated split; 0 = all.
+  config.eval.subset = "all"  # "all", or shapes "relations": images whose scenes hold relations.
 
   if "rnn" in variants:
     if model != "show_tell":

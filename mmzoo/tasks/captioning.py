@@ -76,6 +76,19 @@ class FeatureSource:
     return record
 
 
+class _Subset:
+  """The records of a source at the given indices."""
+
+  def __init__(self, source, indices: list[int]):
+    self.source, self.indices = source, indices
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> dict:
+    return self.source[self.indices[index]]
+
+
 class CaptioningTask:
   """Binds a captioner, its data, decoding and the caption evaluators."""
 
@@ -352,7 +365,18 @@ class CaptioningTask:
       raise InputError(f"the captioning task has splits {sorted(self.splits)}, not {split!r}")
     source = self.splits[split]
     limit = self.config.eval.get("max_images", 0)
+    if self.config.eval.get("subset", "all") == "relations":
+      source = _Subset(source, self._relation_images(split, source))
     return _Prefix(source, limit) if limit and limit < len(source) else source
+
+  def _relation_images(self, split: str, source) -> list[int]:
+    """Shapes only: the images whose scenes hold at least one relation between objects."""
+    from mmzoo.data import shapes
+
+    if self.config.data.source != "shapes":
+      raise InputError("eval.subset=relations needs the shapes world's scenes")
+    return [i for i in range(len(source))
+            if shapes.Scene.from_json(_text(source[i]["scene"])).relations()]
 
   def caption_predictions(self, params, mesh, split: str = "validation"):
     """`(references {image_id: [captions]}, predictions {image_id: caption})` of a split."""
