@@ -409,3 +409,41 @@ def test_caption_transform_tokenizes_pads_and_picks_a_caption():
   short = fn({**record, "caption": b"a red circle"}, None)
   np.testing.assert_array_equal(short["tokens"], [1] + vocab.encode("a red circle") + [2, 0])
   assert short["length"] == 4  # three words and eos
+
+
+def test_coco_builder_reads_one_annotation_file_per_split(tmp_path):
+  rng = np.random.default_rng(1)
+  (tmp_path / "train2014").mkdir()
+  (tmp_path / "val2014").mkdir()
+  files = {}
+  for split, folder, ids in [("train", "train2014", (1, 2, 3)), ("validation", "val2014", (7,))]:
+    images_, annotations = [], []
+    for i in ids:
+      name = f"COCO_{folder}_{i:012d}.jpg"
+      _save(tmp_path / folder / name, rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+      images_.append({"id": i, "file_name": name})
+      annotations += [{"image_id": i, "caption": f"picture {i} one"},
+                      {"image_id": i, "caption": f"picture {i} two"}]
+    files[split] = tmp_path / f"captions_{folder}.json"
+    files[split].write_text(json.dumps({"images": images_, "annotations": annotations}))
+  builder = builders.coco_builder({s: str(p) for s, p in files.items()},
+                                  {"train": str(tmp_path / "train2014"),
+                                   "validation": str(tmp_path / "val2014")},
+                                  str(tmp_path / "out"), image_size=8, workers=1)
+  builders.prepare(builder)
+  assert builders.summary(builder)["splits"] == {"train": 3, "validation": 1}
+  record = pipeline.data_source(builder, "validation")[0]
+  assert record["image_id"] == b"7" and len(record["captions"]) == 2
+
+
+def test_shapes_dataset_bytes_do_not_depend_on_workers(tmp_path):
+  built = []
+  for workers in (1, 2):
+    builders._RECORDS.clear()  # Render afresh, not from the cross-dataset cache.
+    builder = builders.shapes_builder("vqa", str(tmp_path / f"w{workers}"), sizes=(70, 3, 0),
+                                      workers=workers)
+    builders.prepare(builder)
+    source = pipeline.data_source(builder, "train")
+    built.append([(source[i]["image"], list(source[i]["questions"])) for i in range(70)])
+  assert built[0] == built[1]
+  assert len({image for image, _ in built[0]}) == 70
