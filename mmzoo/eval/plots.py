@@ -112,7 +112,8 @@ def plot_embeddings(workdir: str, out: str, split: str = "test", max_images: int
   xy = centred @ vt[:2].T
   fig, ax = plt.subplots(figsize=(7, 6))
   ax.scatter(xy[:len(images), 0], xy[:len(images), 1], c=colours, s=12, alpha=0.8,
-             edgecolors="0.3", linewidths=0.2, label=f"{split} images")
+             edgecolors="0.3", linewidths=0.2,
+             label=f"{split} images (one object: its colour; grey: several)")
   ax.scatter(xy[len(images):, 0], xy[len(images):, 1], marker="x", c="black", s=30,
              label="words")
   for word, (x, y) in zip(words, xy[len(images):], strict=True):
