@@ -54,6 +54,7 @@ REPS = flags.DEFINE_integer("reps", 10, "Timed calls per framework; the median c
 ROUNDS = flags.DEFINE_integer("rounds", 2, "Alternating blocks the timed calls are split into.")
 WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.")
 TORCH_DEVICE = flags.DEFINE_string("torch_device", "cpu", "Where PyTorch runs (cpu, cuda).")
+TORCH_THREADS = flags.DEFINE_integer("torch_threads", None, "PyTorch threads (default: all cores).")
 
 try:
   import torch
@@ -236,7 +237,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   threads = os.cpu_count() or 1
   if torch is not None:
-    torch.set_num_threads(threads)
+    torch.set_num_threads(TORCH_THREADS.value or threads)
   print(f"machine: {cpu_name()}, {threads} cores; python {platform.python_version()}; "
         f"jax {jax.__version__} ({jax.devices()[0].device_kind}, {jax.default_backend()})"
         + (f"; torch {torch.__version__} ({TORCH_DEVICE.value}, {torch.get_num_threads()} "

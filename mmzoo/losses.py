@@ -101,8 +101,23 @@ def _softmax_per_query(scores: jax.Array, positive: jax.Array, not_negative: jax
   return jax.nn.logsumexp(logits, axis=1) - pos
 
 
+def keys_match(image_keys: jax.Array, caption_keys: jax.Array) -> jax.Array:
+  """`<bool>[a, b]`: is caption j true of image i, by keys?
+
+  image_keys `<bool>[a, K]`: the properties present in each image (e.g. which
+  (size, colour, shape) objects a scene holds); caption_keys `<bool>[b, M, K]`:
+  per caption, M requirements, each a set of properties of which the image must
+  hold one (a requirement of all True always holds). Caption j is true of image
+  i when every requirement meets the image.
+  """
+  a, b, m = image_keys.shape[0], caption_keys.shape[0], caption_keys.shape[1]
+  hits = caption_keys.reshape(b * m, -1).astype(jnp.float32) @ image_keys.astype(jnp.float32).T
+  return jnp.all(hits.reshape(b, m, a) > 0, axis=1).T
+
+
 def _both_directions(images: jax.Array, captions: jax.Array, score: str, per_query: Callable,
-                     axis_name: str | None, match_ids: jax.Array | None) -> jax.Array:
+                     axis_name: str | None, match_ids: jax.Array | None,
+                     match_keys: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
   """Sum over this device's image queries and caption queries of `per_query` losses."""
   n = images.shape[0]
   gather = ((lambda x: x) if axis_name is None
@@ -117,17 +132,23 @@ def _both_directions(images: jax.Array, captions: jax.Array, score: str, per_que
     all_ids = gather(match_ids)
     not_negative = not_negative | jnp.any(
         match_ids[:, None, :] == all_ids[None, :, :], axis=-1)
+  not_negative_images = not_negative_captions = not_negative
+  if match_keys is not None:
+    # Captions true of other images of the batch are no negatives of them either way.
+    image_keys, caption_keys = match_keys
+    not_negative_images = not_negative | keys_match(image_keys, gather(caption_keys))
+    not_negative_captions = not_negative | keys_match(gather(image_keys), caption_keys).T
   image_queries = pairwise_scores(images, all_captions, score)          # [n, B]
   caption_queries = pairwise_scores(all_images, captions, score).T      # [n, B]
-  total = (per_query(image_queries, positive, not_negative).sum()
-           + per_query(caption_queries, positive, not_negative).sum())
+  total = (per_query(image_queries, positive, not_negative_images).sum()
+           + per_query(caption_queries, positive, not_negative_captions).sum())
   return total if axis_name is None else jax.lax.psum(total, axis_name)
 
 
 def contrastive_loss(images: jax.Array, captions: jax.Array, margin: float = 0.2, *,
                      max_violation: bool = False, score: str = "cosine",
-                     axis_name: str | None = None,
-                     match_ids: jax.Array | None = None) -> jax.Array:
+                     axis_name: str | None = None, match_ids: jax.Array | None = None,
+                     match_keys: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
   """Bidirectional hinge ranking loss, summed over queries (as VSE/VSE++ report it).
 
   images, captions: `<float>[n, D]`, row i of each a matching pair. Sum of hinges
@@ -135,21 +156,27 @@ def contrastive_loss(images: jax.Array, captions: jax.Array, margin: float = 0.2
   `match_ids <int>[n, m]`: pairs i and j with any equal id (e.g. the same image,
   or the same caption text) are not negatives of each other. Without them a
   batch's duplicate captions are false negatives, which the hardest-negative
-  loss singles out.
+  loss singles out. `match_keys = (image_keys, caption_keys)` also spares pairs
+  whose caption is true of the other image (`keys_match`), e.g. "a red square"
+  and any image holding one.
   """
   per_query = partial(_hinge_per_query, margin=margin, max_violation=max_violation)
-  return _both_directions(images, captions, score, per_query, axis_name, match_ids)
+  return _both_directions(images, captions, score, per_query, axis_name, match_ids,
+                          match_keys)
 
 
 def softmax_contrastive_loss(images: jax.Array, captions: jax.Array, temperature: float = 0.07,
                              *, score: str = "cosine", axis_name: str | None = None,
-                             match_ids: jax.Array | None = None) -> jax.Array:
+                             match_ids: jax.Array | None = None,
+                             match_keys: tuple[jax.Array, jax.Array] | None = None
+                             ) -> jax.Array:
   """In-batch softmax cross-entropy, image->text plus text->image, summed over queries.
 
-  `match_ids` as in `contrastive_loss`: other matches leave the softmax.
+  `match_ids` / `match_keys` as in `contrastive_loss`: other matches leave the softmax.
   """
   per_query = partial(_softmax_per_query, temperature=temperature)
-  return _both_directions(images, captions, score, per_query, axis_name, match_ids)
+  return _both_directions(images, captions, score, per_query, axis_name, match_ids,
+                          match_keys)
 
 
 def global_contrastive_loss(loss_fn: Callable, mesh: Mesh, axis: str = "data") -> Callable:
@@ -161,16 +188,14 @@ def global_contrastive_loss(loss_fn: Callable, mesh: Mesh, axis: str = "data") -
   """
   spec = PartitionSpec(axis)
 
-  def per_device(images, captions, match_ids=None):
-    return loss_fn(images, captions, axis_name=axis, match_ids=match_ids)
+  def loss(images, captions, match_ids=None, match_keys=None):
+    args = (images, captions, match_ids, match_keys)
 
-  with_ids = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec, spec),
-                           out_specs=PartitionSpec())
-  without = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec),
-                          out_specs=PartitionSpec())
+    def per_device(images, captions, match_ids, match_keys):
+      return loss_fn(images, captions, axis_name=axis, match_ids=match_ids,
+                     match_keys=match_keys)
 
-  def loss(images, captions, match_ids=None):
-    return without(images, captions) if match_ids is None else with_ids(images, captions,
-                                                                        match_ids)
+    specs = jax.tree.map(lambda _: spec, args)
+    return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=PartitionSpec())(*args)
 
   return loss

@@ -100,6 +100,31 @@ def test_matching_pairs_are_not_negatives():
       losses.contrastive_loss(IMAGES, CAPTIONS, 0.2, score="dot", match_ids=ids), 0.2, rtol=1e-6)
 
 
+def test_keys_match_by_hand():
+  # Properties: 0 red circle, 1 blue square, 2 red square. Image 0 holds {0, 1}; image 1 {2}.
+  images = np.array([[1, 1, 0], [0, 0, 1]], bool)
+  anything = [1, 1, 1]
+  captions = np.array([[[1, 0, 1], anything],     # "something red": true of both
+                       [[1, 0, 0], [0, 1, 0]],     # "a red circle and a blue square": image 0
+                       [[0, 1, 1], [1, 0, 1]]],    # "a square ... something red": both
+                      bool)
+  np.testing.assert_array_equal(losses.keys_match(images, captions),
+                                [[True, True, True], [True, False, True]])
+  # In the loss, pair 1's caption is true of image 0 and vice versa for pair 0 -> both spared.
+  im, cap = IMAGES[:2], CAPTIONS[:2]
+  keys = (images, captions[:2])
+  s = (im @ cap.T).tolist()
+  got = losses.contrastive_loss(im, cap, 0.5, score="dot", match_keys=keys)
+  # Row 0 (image 0): caption 1 is true of it -> spared. Row 1 (image 1): caption 0 is true of
+  # image 1 -> spared. Column 0 (caption 0): image 1 makes it true -> spared. Column 1
+  # (caption 1): image 0 makes it true -> spared. Nothing is left.
+  assert float(got) == 0.0
+  plain = losses.contrastive_loss(im, cap, 0.5, score="dot")
+  expected = sum(max(0, 0.5 - s[i][i] + s[i][1 - i]) + max(0, 0.5 - s[i][i] + s[1 - i][i])
+                 for i in range(2))
+  np.testing.assert_allclose(plain, expected, rtol=1e-6)
+
+
 def test_order_violation_is_zero_iff_x_dominates_y():
   rng = np.random.default_rng(1)
   for _ in range(200):
@@ -146,9 +171,11 @@ def test_global_negatives_on_8_devices_equal_one_device(name):
   sharding = NamedSharding(mesh, PartitionSpec("data"))
   global_fn = jax.jit(jax.value_and_grad(losses.global_contrastive_loss(fn, mesh), (0, 1)))
   ids = rng.integers(0, 6, size=(16, 2))  # Some pairs on different devices match.
-  loss8, grads8 = global_fn(jax.device_put(im, sharding), jax.device_put(cap, sharding),
-                            jax.device_put(ids, sharding))
-  loss1, grads1 = jax.value_and_grad(functools.partial(fn, match_ids=ids), (0, 1))(im, cap)
+  keys = (rng.random((16, 5)) < 0.3, rng.random((16, 2, 5)) < 0.4)
+  put = functools.partial(jax.device_put, device=sharding)
+  loss8, grads8 = global_fn(put(im), put(cap), put(ids), jax.tree.map(put, keys))
+  loss1, grads1 = jax.value_and_grad(functools.partial(fn, match_ids=ids, match_keys=keys),
+                                     (0, 1))(im, cap)
   np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
   for g8, g1 in zip(grads8, grads1, strict=True):
     np.testing.assert_allclose(g8, g1, rtol=1e-4, atol=1e-6)

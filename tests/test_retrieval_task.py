@@ -59,8 +59,9 @@ def test_task_loss_on_8_devices_uses_the_global_batch(data_dir):
     sharded = parallel.global_batch(batch, task.mesh)
     assert len(sharded["tokens"].sharding.device_set) == 8
     loss8 = loss_fn(params, {}, sharded, jax.random.PRNGKey(1))[0]
-    expected = losses.contrastive_loss(images, captions, 0.2, max_violation=hardest,
-                                       score="dot", match_ids=batch["match_ids"])
+    expected = losses.contrastive_loss(
+        images, captions, 0.2, max_violation=hardest, score="dot", match_ids=batch["match_ids"],
+        match_keys=(batch["image_keys"], batch["caption_keys"]))
     np.testing.assert_allclose(loss8, expected, rtol=1e-5)
 
 

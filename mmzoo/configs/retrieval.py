@@ -62,6 +62,10 @@ def get_config(arg: str | None, *, max_violation: bool, space: str) -> ml_collec
   config.loss.max_violation = max_violation  # Hardest negative only (VSE++), else sum.
   # VSE++ from random init: the sum over negatives for this many steps first (0 = never).
   config.loss.max_violation_warmup = 500 if max_violation else 0
+  # shapes: a caption true of another image of the batch is no negative of it (the world
+  # repeats descriptions, so "the box is red" fits many images; a hardest negative that
+  # is in fact a match makes VSE++ collapse).
+  config.loss.semantic_negatives = True
   config.loss.temperature = 0.07  # softmax: logit temperature.
 
   config.optimizer = ml_collections.ConfigDict()

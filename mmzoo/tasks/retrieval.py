@@ -72,6 +72,9 @@ class RetrievalTask:
     else:
       raise InputError(f"unknown loss.kind {loss.kind!r}; use hinge or softmax")
     self._embed_images = jax.jit(lambda params, images: self._images(params, images)[0])
+    # Shapes: a caption true of another image of the batch is no negative of it.
+    self.semantic_negatives = data.source == "shapes" and config.loss.get(
+        "semantic_negatives", False)
     self._embed_captions = jax.jit(self._captions)
 
   @property
@@ -103,8 +106,11 @@ class RetrievalTask:
       # Pairs of the same image, or with the same caption text, are not negatives.
       match_ids = np.array([record.get("image_index", -1),
                             zlib.crc32(ids[0].tobytes()) & 0x7FFFFFFF], np.int32)
-      return {"image": np.asarray(image), "tokens": ids[0], "length": length[0],
-              "match_ids": match_ids}
+      out = {"image": np.asarray(image), "tokens": ids[0], "length": length[0],
+             "match_ids": match_ids}
+      if self.semantic_negatives:
+        out["image_keys"], out["caption_keys"] = shapes_keys(_text(record["scene"]), caption)
+      return out
 
     return transform
 
@@ -151,14 +157,15 @@ class RetrievalTask:
     image_emb, new_stats = self._images(params, batch["image"], train=True)
     caption_emb = self._captions(params, batch["tokens"], batch["length"])
     loss = self.config.loss
+    keys = ((batch["image_keys"], batch["caption_keys"]) if self.semantic_negatives else None)
     if loss.kind == "hinge" and loss.max_violation:
       # VSE++'s hardest negatives, after `max_violation_warmup` steps of the sum over all
       # negatives: from random init the hardest negative alone can collapse the space.
       warm = batch["step"][0] < loss.get("max_violation_warmup", 0)
       total = jax.lax.cond(warm, self._loss, self._hardest, image_emb, caption_emb,
-                           batch["match_ids"])
+                           batch["match_ids"], keys)
     else:
-      total = self._loss(image_emb, caption_emb, batch["match_ids"])
+      total = self._loss(image_emb, caption_emb, batch["match_ids"], keys)
     count = jnp.asarray(batch["tokens"].shape[0], jnp.float32)
     return total, ({"loss": (total, count)}, task_state, dict(new_stats))
 
@@ -320,6 +327,41 @@ class RetrievalTask:
     return {f"arithmetic_top{k}": 100.0 * float(np.mean(hits)),
             "arithmetic_chance": 100.0 * float(np.mean(chance)),
             "arithmetic_queries": float(len(hits))}
+
+
+_MAX_MENTIONS = 4
+
+
+@functools.cache
+def _shape_properties() -> dict[tuple[str, str, str], int]:
+  from mmzoo.data import shapes
+
+  combos = [(z, c, s) for z in shapes.SIZES for c in shapes.COLOURS for s in shapes.SHAPES]
+  return {combo: i for i, combo in enumerate(combos)}
+
+
+def shapes_keys(scene_json: str, caption: str) -> tuple[np.ndarray, np.ndarray]:
+  """`(image_keys <bool>[K], caption_keys <bool>[M, K])` for `losses.keys_match`.
+
+  K indexes the (size, colour, shape) objects of the shapes world. The image
+  holds its scene's objects; each object mention of the caption (the grounding
+  parser's, at most M) requires one object with the attributes it states.
+  Relations and counts are not checked, so a caption counts as true of more
+  images than it is, which only spares negatives.
+  """
+  from mmzoo.data import shapes
+  from mmzoo.eval import grounding
+
+  index = _shape_properties()
+  image = np.zeros(len(index), bool)
+  for o in shapes.Scene.from_json(scene_json).objects:
+    image[index[(o.size, o.colour, o.shape)]] = True
+  requirements = np.ones((_MAX_MENTIONS, len(index)), bool)
+  mentions = [m for m in grounding.parse_caption(caption).mentions if m.named and not m.negated]
+  for row, m in enumerate(mentions[:_MAX_MENTIONS]):
+    requirements[row] = [(m.size in (None, z)) and (m.colour in (None, c)) and
+                         (m.shape in (None, s)) for z, c, s in index]
+  return image, requirements
 
 
 def _text(value) -> str:
