@@ -32,26 +32,26 @@ from mmzoo.data import pipeline, readers, sources, tokenizers
 from mmzoo.errors import InputError
 from mmzoo.eval import registry
 from mmzoo.models import show_attend_tell, show_tell, updown
-from mmzoo.tasks.retrieval import _Prefix, _text, encoder_kwargs
+from mmzoo.tasks import common
 from mmzoo.train import parallel
 
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int, precomputed: bool):
   m = config.model
-  common = dict(vocab_size=vocab_size, embed_dim=m.embed_dim, hidden_size=m.hidden_size,
+  shared = dict(vocab_size=vocab_size, embed_dim=m.embed_dim, hidden_size=m.hidden_size,
                 dropout_rate=m.dropout_rate,
                 encoder="precomputed" if precomputed else m.encoder,
-                encoder_kwargs=() if precomputed else encoder_kwargs(m),
+                encoder_kwargs=() if precomputed else common.encoder_kwargs(m),
                 frozen_encoder=m.frozen_encoder)
   if m.name == "show_tell":
-    return show_tell.ShowTell(**common, variant="vinyals")
+    return show_tell.ShowTell(**shared, variant="vinyals")
   if m.name == "show_tell_rnn":
-    return show_tell.ShowTell(**common, variant="rnn")
+    return show_tell.ShowTell(**shared, variant="rnn")
   if m.name == "show_attend_tell":
-    return show_attend_tell.ShowAttendTell(**common, attention_dim=m.attention_dim,
+    return show_attend_tell.ShowAttendTell(**shared, attention_dim=m.attention_dim,
                                            gate=m.gate)
   if m.name == "updown":
-    return updown.UpDown(**common, attention_dim=m.attention_dim)
+    return updown.UpDown(**shared, attention_dim=m.attention_dim)
   raise InputError(f"unknown captioning model {m.name!r}; use show_tell, show_tell_rnn, "
                    "show_attend_tell or updown")
 
@@ -70,23 +70,10 @@ class FeatureSource:
 
   def __getitem__(self, index: int) -> dict:
     record = dict(self.source[index])
-    stem = os.path.join(self.features_dir, _text(record["image_id"]))
+    stem = os.path.join(self.features_dir, common.text(record["image_id"]))
     path = stem + ".npy" if os.path.exists(stem + ".npy") else stem + ".npz"
     record["image"] = readers.read_features(path)
     return record
-
-
-class _Subset:
-  """The records of a source at the given indices."""
-
-  def __init__(self, source, indices: list[int]):
-    self.source, self.indices = source, indices
-
-  def __len__(self) -> int:
-    return len(self.indices)
-
-  def __getitem__(self, index: int) -> dict:
-    return self.source[self.indices[index]]
 
 
 class CaptioningTask:
@@ -135,7 +122,7 @@ class CaptioningTask:
     return image_ops.center_crop(pixels, d.crop_size)
 
   def _caption_example(self, record: dict, rng: np.random.Generator | None) -> dict:
-    caption = _text(record.get("caption", record["captions"][0]))
+    caption = common.text(record.get("caption", record["captions"][0]))
     ids = self.tokenizer.encode(caption, add_bos=True, add_eos=True)
     tokens, length = tokenizers.pad([ids], self.config.data.max_len + 1)
     return {"image": self._pixels(record, rng, True), "tokens": tokens[0],
@@ -145,7 +132,7 @@ class CaptioningTask:
                      train: bool = False) -> dict:
     """An image with its references as padded token ids `[refs, max_len]` (for SCST)."""
     k, max_len = self.config.data.captions_per_image, self.config.data.max_len
-    refs = [self.tokenizer.encode(_text(c)) for c in record["captions"][:k]]
+    refs = [self.tokenizer.encode(common.text(c)) for c in record["captions"][:k]]
     ids, lengths = tokenizers.pad(refs + [[]] * (k - len(refs)), max_len)
     return {"image": self._pixels(record, rng, train), "references": ids,
             "reference_lengths": lengths}
@@ -160,16 +147,7 @@ class CaptioningTask:
     return self.model.init({"params": params_rng, "dropout": dropout_rng}, image, tokens)
 
   def trainable(self, params):
-    """Everything but BatchNorm statistics (and a frozen encoder's weights)."""
-    frozen = self.config.model.frozen_encoder
-
-    def leaf_trainable(path, _):
-      names = [getattr(p, "key", "") for p in path]
-      if names[0] != "params":
-        return False
-      return not (frozen and len(names) > 1 and names[1] == "image_encoder")
-
-    return jax.tree_util.tree_map_with_path(leaf_trainable, params)
+    return common.trainable(params, self.config.model.frozen_encoder)
 
   def init_task_state(self):
     return {}
@@ -248,7 +226,7 @@ class CaptioningTask:
 
       train = self.splits["train"]
       k = self.config.data.captions_per_image
-      refs = [[tuple(self.tokenizer.encode(_text(c))) for c in train[i]["captions"][:k]]
+      refs = [[tuple(self.tokenizer.encode(common.text(c))) for c in train[i]["captions"][:k]]
               for i in range(len(train))]
       self._cider = CiderD.from_corpus(refs)
     return self._cider
@@ -366,8 +344,8 @@ class CaptioningTask:
     source = self.splits[split]
     limit = self.config.eval.get("max_images", 0)
     if self.config.eval.get("subset", "all") == "relations":
-      source = _Subset(source, self._relation_images(split, source))
-    return _Prefix(source, limit) if limit and limit < len(source) else source
+      source = common.Subset(source, self._relation_images(split, source))
+    return common.Subset(source, range(limit)) if limit and limit < len(source) else source
 
   def _relation_images(self, split: str, source) -> list[int]:
     """Shapes only: the images whose scenes hold at least one relation between objects."""
@@ -376,7 +354,7 @@ class CaptioningTask:
     if self.config.data.source != "shapes":
       raise InputError("eval.subset=relations needs the shapes world's scenes")
     return [i for i in range(len(source))
-            if shapes.Scene.from_json(_text(source[i]["scene"])).relations()]
+            if shapes.Scene.from_json(common.text(source[i]["scene"])).relations()]
 
   def caption_predictions(self, params, mesh, split: str = "validation"):
     """`(references {image_id: [captions]}, predictions {image_id: caption})` of a split."""
@@ -400,8 +378,8 @@ class CaptioningTask:
     references, predictions = {}, {}
     for seq, i in zip(rows[mask > 0], index[mask > 0], strict=True):
       record = source[int(i)]
-      key = _text(record["image_id"])
-      references[key] = [_text(c) for c in record["captions"]]
+      key = common.text(record["image_id"])
+      references[key] = [common.text(c) for c in record["captions"]]
       predictions[key] = self.tokenizer.decode(seq)
     self._predictions_cache = ((id(params), split), references, predictions)
     return references, predictions
@@ -411,7 +389,8 @@ class CaptioningTask:
     if self.config.data.source != "shapes":
       raise InputError("grounding metrics need the shapes world's scenes")
     source = self.split(split)
-    return {_text(source[i]["image_id"]): _text(source[i]["scene"]) for i in range(len(source))}
+    return {common.text(source[i]["image_id"]): common.text(source[i]["scene"])
+            for i in range(len(source))}
 
   def write_predictions(self, path: str) -> None:
     """The last evaluated predictions in COCO results format."""

@@ -24,6 +24,7 @@ from mmzoo.data import pipeline, sources, tokenizers
 from mmzoo.errors import InputError
 from mmzoo.eval import registry
 from mmzoo.models import vse
+from mmzoo.tasks import common
 from mmzoo.train import parallel
 
 
@@ -52,7 +53,7 @@ class RetrievalTask:
     self.model = vse.JointEmbedding(
         vocab_size=self.tokenizer.vocab_size, embed_dim=m.embed_dim,
         encoder="precomputed" if self.precomputed else m.encoder,
-        encoder_kwargs=encoder_kwargs(m),
+        encoder_kwargs=common.encoder_kwargs(m),
         frozen_encoder=m.frozen_encoder, text_kind=m.text_kind, word_dim=m.word_dim,
         text_hidden=m.text_hidden, text_pooling=m.text_pooling, space=m.space)
     self.k = data.captions_per_image
@@ -109,7 +110,7 @@ class RetrievalTask:
       out = {"image": np.asarray(image), "tokens": ids[0], "length": length[0],
              "match_ids": match_ids}
       if self.semantic_negatives:
-        out["image_keys"], out["caption_keys"] = shapes_keys(_text(record["scene"]), caption)
+        out["image_keys"], out["caption_keys"] = shapes_keys(common.text(record["scene"]), caption)
       return out
 
     return transform
@@ -127,16 +128,7 @@ class RetrievalTask:
     return self.model.init(rng, self._image_input(image), tokens, jnp.ones((1,), jnp.int32))
 
   def trainable(self, params):
-    """Everything but BatchNorm statistics (and a frozen encoder's weights)."""
-    frozen = self.config.model.frozen_encoder
-
-    def leaf_trainable(path, _):
-      names = [getattr(p, "key", "") for p in path]
-      if names[0] != "params":
-        return False
-      return not (frozen and len(names) > 1 and names[1] == "image_encoder")
-
-    return jax.tree_util.tree_map_with_path(leaf_trainable, params)
+    return common.trainable(params, self.config.model.frozen_encoder)
 
   def init_task_state(self):
     return {}
@@ -194,7 +186,7 @@ class RetrievalTask:
     source = self.splits[split]
     limit = self.config.eval.get("max_images", 0)
     if limit and limit < len(source):
-      source = _Prefix(source, limit)
+      source = common.Subset(source, range(limit))
     return source
 
   def _embed_all(self, params, mesh, source, embed) -> np.ndarray:
@@ -301,7 +293,7 @@ class RetrievalTask:
     if self.config.data.source != "shapes":
       raise InputError("arithmetic accuracy needs the shapes world's scenes")
     source = self.split(split)
-    scenes = [shapes.Scene.from_json(_text(source[i]["scene"])) for i in range(len(source))]
+    scenes = [shapes.Scene.from_json(common.text(source[i]["scene"])) for i in range(len(source))]
     single = np.array([i for i, s in enumerate(scenes) if len(s.objects) == 1])
     if len(single) <= k:
       raise InputError(f"too few one-object images in the {split} split ({len(single)})")
@@ -362,31 +354,3 @@ def shapes_keys(scene_json: str, caption: str) -> tuple[np.ndarray, np.ndarray]:
     requirements[row] = [(m.size in (None, z)) and (m.colour in (None, c)) and
                          (m.shape in (None, s)) for z, c, s in index]
   return image, requirements
-
-
-def _text(value) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def encoder_kwargs(model: ml_collections.ConfigDict) -> tuple:
-  """The options of `model.encoder` from a model config, as (name, value) pairs."""
-  if model.encoder == "small_cnn":
-    return (("features", tuple(model.cnn_features)), ("strides", tuple(model.cnn_strides)))
-  if model.encoder.startswith("resnet"):
-    return (("num_stages", model.resnet_stages),)
-  return ()
-
-
-class _Prefix:
-  """The first `n` records of a source."""
-
-  def __init__(self, source, n: int):
-    self.source, self.n = source, n
-
-  def __len__(self) -> int:
-    return self.n
-
-  def __getitem__(self, index: int):
-    if index >= self.n:
-      raise IndexError(index)
-    return self.source[index]

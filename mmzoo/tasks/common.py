@@ -1,0 +1,51 @@
+"""What the multimodal tasks share: encoder options, trainable masks, record helpers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+
+
+def encoder_kwargs(model: ml_collections.ConfigDict) -> tuple:
+  """The options of `model.encoder` from a model config, as (name, value) pairs."""
+  if model.encoder == "small_cnn":
+    return (("features", tuple(model.cnn_features)), ("strides", tuple(model.cnn_strides)))
+  if model.encoder.startswith("resnet"):
+    return (("num_stages", model.resnet_stages),)
+  return ()
+
+
+def trainable(params: Any, frozen_encoder: bool) -> Any:
+  """Everything but BatchNorm statistics (and a frozen image encoder's weights).
+
+  `params` is a model's whole variables dict ({"params", "batch_stats"}); the
+  statistics change only through the training-mode replacement of the loss.
+  """
+
+  def leaf_trainable(path, _):
+    names = [getattr(p, "key", "") for p in path]
+    if names[0] != "params":
+      return False
+    return not (frozen_encoder and len(names) > 1 and names[1] == "image_encoder")
+
+  return jax.tree_util.tree_map_with_path(leaf_trainable, params)
+
+
+def text(value: Any) -> str:
+  """A record's text field (bytes from TFDS) as str."""
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class Subset:
+  """The records of a source at the given indices."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, list(indices)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> dict:
+    return self.source[self.indices[index]]
