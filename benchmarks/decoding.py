@@ -19,10 +19,15 @@ way). Compilation and `--warmup` calls are not timed; every mmzoo call ends with
 `jax.block_until_ready`. The `--reps` calls of each framework run in `--rounds`
 alternating blocks (mmzoo, torch, mmzoo, ...), each block after one untimed call,
 and the median call is reported, with the cores other processes kept busy
-meanwhile (from /proc/stat) so that a disturbed run can be recognised.
+meanwhile (from /proc/stat) so that a disturbed run can be recognised. PyTorch runs
+on all cores unless `--torch_threads` says otherwise; when another process holds a
+core, its OpenMP threads stall at barriers (a batch took 3.6 s on 2 threads against
+0.53 s on 1), so compare such runs with `--torch_threads=1`.
 
   python benchmarks/decoding.py                  # beams 3 and 5, ~1-2 minutes on 2 cores
   python benchmarks/decoding.py --beams=3 --reps=4 --rounds=2
+  python benchmarks/decoding.py --torch_threads=1      # on a machine shared with other jobs
+  python benchmarks/decoding.py --length_penalty=gnmt --eos_bias=12   # early stops (11 steps)
 """
 
 from __future__ import annotations

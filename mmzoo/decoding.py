@@ -130,14 +130,14 @@ def sampling_log_probs(log_probs: jax.Array, temperature: float | jax.Array = 1.
   -inf; tokens tied with the last kept one are kept too. `temperature=0` gives
   the point mass on the argmax.
   """
+  if top_k < 0:
+    raise ValueError(f"top_k must be >= 0, not {top_k}")
   log_probs = jnp.asarray(log_probs, jnp.float32)
   vocab = log_probs.shape[-1]
   if isinstance(temperature, int | float) and temperature == 0:
     best = jnp.argmax(log_probs, axis=-1)
     return jnp.where(jax.nn.one_hot(best, vocab, dtype=bool), 0.0, _NEG_INF)
   logits = log_probs / temperature
-  if top_k < 0:
-    raise ValueError(f"top_k must be >= 0, not {top_k}")
   if 0 < top_k < vocab:
     kth = _top_k(logits, top_k)[0][..., -1:]
     logits = jnp.where(logits >= kth, logits, _NEG_INF)
@@ -342,9 +342,13 @@ def _top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   XLA:CPU lowers top-k to a full sort and turns it back into its fast TopK kernel only
   when the sort's outputs feed plain slices; inside the loop the slices were fused into
   the gathers that use them, leaving a sort of [batch, beam * vocab] every step (~0.4 s
-  at batch 50, beam 3, vocab 10000). The barrier keeps the slices in place.
+  at batch 50, beam 3, vocab 10000). An optimization barrier keeps the slices in place.
+  It also holds a third value: a barrier over exactly (values, indices) becomes a barrier
+  over the TopK instruction itself, on which XLA's TopkDecomposer aborts the process.
   """
-  return jax.lax.optimization_barrier(jax.lax.top_k(x, k))
+  values, indices = jax.lax.top_k(x, k)
+  values, indices, _ = jax.lax.optimization_barrier((values, indices, jnp.zeros((), x.dtype)))
+  return values, indices
 
 
 def _merge(pool: _Beams, new: _Beams, groups: int) -> _Beams:
