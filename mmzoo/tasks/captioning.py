@@ -330,7 +330,14 @@ class CaptioningTask:
     else:
       out = decoding.diverse_beam_search(step_fn, state, batch_size, e.beam_size, e.groups,
                                          e.diversity_strength, max_len, e.length_penalty)
-    return out.sequences[:, 0], jax.tree.map(lambda a: a[:, 0], out.aux)
+    # Diverse beam search lists its hypotheses group by group: take the best of all.
+    best = jnp.argmax(out.normalized_scores, axis=1)
+
+    def pick(a):
+      index = best.reshape((-1, 1) + (1,) * (a.ndim - 2))
+      return jnp.take_along_axis(a, index, axis=1)[:, 0]
+
+    return pick(out.sequences), jax.tree.map(pick, out.aux)
 
   def decode_method(self) -> str:
     e = self.config.eval
