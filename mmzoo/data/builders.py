@@ -20,8 +20,10 @@ found then, named, and either stops the build or is skipped and reported
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import multiprocessing
+import multiprocessing.pool
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -36,14 +38,25 @@ _DOWNLOAD = tfds.download.DownloadConfig(try_download_gcs=False)
 SPLITS = ("train", "validation", "test")
 
 
+_POOLS: dict[int, multiprocessing.pool.Pool] = {}
+
+
+def _pool(workers: int) -> multiprocessing.pool.Pool:
+  """A pool of `workers` processes, started once (spawned: the parent may run JAX
+  threads, which forking could leave deadlocked) and reused by every later build."""
+  if workers not in _POOLS:
+    _POOLS[workers] = multiprocessing.get_context("spawn").Pool(workers)
+    atexit.register(_POOLS[workers].terminate)
+  return _POOLS[workers]
+
+
 def _parallel_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
-  """`map(fn, items)` in order, over `workers` forked processes when more than one."""
+  """`map(fn, items)` in order, over `workers` processes when more than one."""
   items = list(items)
   if workers <= 1 or len(items) < 64:
     yield from map(fn, items)
     return
-  with multiprocessing.get_context("fork").Pool(workers) as pool:
-    yield from pool.imap(fn, items, chunksize=32)
+  yield from _pool(workers).imap(fn, items, chunksize=32)
 
 
 def prepare(builder: tfds.core.GeneratorBasedBuilder) -> tfds.core.GeneratorBasedBuilder:
