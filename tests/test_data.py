@@ -447,3 +447,20 @@ def test_shapes_dataset_bytes_do_not_depend_on_workers(tmp_path):
     built.append([(source[i]["image"], list(source[i]["questions"])) for i in range(70)])
   assert built[0] == built[1]
   assert len({image for image, _ in built[0]}) == 70
+
+
+def test_feature_source_replaces_images_with_feature_files(tmp_path):
+  from mmzoo.tasks.captioning import FeatureSource
+
+  grid = np.random.default_rng(0).normal(size=(4, 4, 8)).astype(np.float32)
+  np.save(tmp_path / "7.npy", grid)
+  np.savez(tmp_path / "9.npz", features=grid[0])
+  source = [{"image": b"png bytes", "image_id": b"7", "captions": [b"a"]},
+            {"image": b"png bytes", "image_id": 9, "captions": [b"b"]},
+            {"image": b"png bytes", "image_id": b"11", "captions": [b"c"]}]
+  features = FeatureSource(source, str(tmp_path))
+  np.testing.assert_array_equal(features[0]["image"], grid)
+  np.testing.assert_array_equal(features[1]["image"], grid[0])
+  assert features[0]["captions"] == [b"a"] and len(features) == 3
+  with pytest.raises(InputError, match="11.npz: no such file"):
+    features[2]
