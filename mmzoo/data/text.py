@@ -12,13 +12,13 @@ stream to the next (truncated backpropagation through time).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import sysconfig
 from collections.abc import Iterator
 
 import numpy as np
 
+from mmzoo.data import readers
 from mmzoo.errors import InputError
 
 
@@ -48,18 +48,7 @@ def builtin_corpus(max_chars: int) -> str:
 
 def read_corpus(path: str) -> str:
   """Reads a UTF-8 text file; invalid bytes are replaced with a warning."""
-  if not os.path.exists(path):
-    raise InputError(f"{path}: no such file")
-  if os.path.isdir(path):
-    raise InputError(f"{path}: is a directory, not a text file")
-  with open(path, "rb") as f:
-    raw = f.read()
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    logging.warning("%s: invalid UTF-8 at byte %d; undecodable bytes replaced by U+FFFD",
-                    path, e.start)
-    text = raw.decode("utf-8", errors="replace")
+  text = readers.read_text(path)
   if not text:
     raise InputError(f"{path}: the corpus is empty")
   return text

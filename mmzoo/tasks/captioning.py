@@ -368,23 +368,14 @@ class CaptioningTask:
     if self._predictions_cache is not None and self._predictions_cache[0] == (id(params), split):
       return self._predictions_cache[1:]
     source = self.split(split)
-    batch_size = self.config.eval.batch_size
-    parallel.check_batch_size(batch_size, "eval.batch_size")
     method = self.decode_method()
-    rows, index, mask = [], [], []
     transform = lambda record, rng: {"image": self._pixels(record, None, False)}  # noqa: E731
-    for batch in pipeline.eval_batches(source, transform, batch_size // jax.process_count()):
-      meta = {"index": batch.pop("index"), "mask": batch.pop("mask")}
-      sequences, _ = self._decode(params, parallel.global_batch(batch, mesh)["image"],
-                                  method=method)
-      gathered = parallel.to_host({"seq": sequences, **parallel.global_batch(meta, mesh)})
-      rows.append(gathered["seq"])
-      index.append(gathered["index"])
-      mask.append(gathered["mask"])
-    rows, index, mask = np.concatenate(rows), np.concatenate(index), np.concatenate(mask)
+    sequences = common.map_split(
+        source, transform, self.config.eval.batch_size, mesh,
+        lambda batch: self._decode(params, batch["image"], method=method)[0])
     references, predictions = {}, {}
-    for seq, i in zip(rows[mask > 0], index[mask > 0], strict=True):
-      record = source[int(i)]
+    for i, seq in enumerate(sequences):
+      record = source[i]
       key = common.text(record["image_id"])
       references[key] = [common.text(c) for c in record["captions"]]
       predictions[key] = self.tokenizer.decode(seq)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
+
+from mmzoo.data import pipeline
+from mmzoo.train import parallel
 
 
 def encoder_kwargs(model: ml_collections.ConfigDict) -> tuple:
@@ -49,3 +54,26 @@ class Subset:
 
   def __getitem__(self, index: int) -> dict:
     return self.source[self.indices[index]]
+
+
+def map_split(source: Sequence, transform: pipeline.Transform, batch_size: int, mesh,
+              fn: Callable[[dict], Any]) -> np.ndarray:
+  """`fn` over every element of `source`, in order: `[len(source), ...]` on every process.
+
+  `batch_size` is global; each process reads its own shard (`pipeline.eval_batches`),
+  `fn` gets the global batch, and the results of all processes are gathered and put
+  back in `source` order (padding rows dropped).
+  """
+  parallel.check_batch_size(batch_size, "eval.batch_size")
+  rows, index, mask = [], [], []
+  for batch in pipeline.eval_batches(source, transform, batch_size // jax.process_count()):
+    meta = {"index": batch.pop("index"), "mask": batch.pop("mask")}
+    gathered = parallel.to_host({"out": fn(parallel.global_batch(batch, mesh)),
+                                 **parallel.global_batch(meta, mesh)})
+    rows.append(gathered["out"])
+    index.append(gathered["index"])
+    mask.append(gathered["mask"])
+  rows, index, keep = np.concatenate(rows), np.concatenate(index), np.concatenate(mask) > 0
+  out = np.zeros((len(source),) + rows.shape[1:], rows.dtype)
+  out[index[keep]] = rows[keep]
+  return out

@@ -191,22 +191,8 @@ class RetrievalTask:
 
   def _embed_all(self, params, mesh, source, embed) -> np.ndarray:
     """Embeds every element of `source` in order: `<float32>[len(source), D]`."""
-    batch_size = self.config.eval.batch_size
-    parallel.check_batch_size(batch_size, "eval.batch_size")
-    rows, index, mask = [], [], []
-    for batch in pipeline.eval_batches(source, self._transform(train=False),
-                                       batch_size // jax.process_count()):
-      meta = {"index": batch.pop("index"), "mask": batch.pop("mask")}
-      out = embed(params, parallel.global_batch(batch, mesh))
-      gathered = parallel.to_host({"emb": out, **parallel.global_batch(meta, mesh)})
-      rows.append(gathered["emb"])
-      index.append(gathered["index"])
-      mask.append(gathered["mask"])
-    rows, index, mask = np.concatenate(rows), np.concatenate(index), np.concatenate(mask)
-    keep = mask > 0
-    out = np.zeros((len(source), rows.shape[1]), np.float32)
-    out[index[keep]] = rows[keep]
-    return out
+    return common.map_split(source, self._transform(train=False), self.config.eval.batch_size,
+                            mesh, lambda batch: embed(params, batch))
 
   def retrieval_embeddings(self, params, mesh, split: str = "validation"):
     """`(images [N, D], captions [kN, D], k, score)` for the "retrieval" evaluator."""

@@ -174,9 +174,7 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
     if cfg.get("init_from"):
       # A warm start (e.g. self-critical training after cross-entropy): the params of
       # another run's best (or latest) checkpoint; optimizer and step start afresh.
-      params = restore_params(task, cfg.init_from,
-                              which="best" if os.path.isdir(ckpt_lib.checkpoint_dir(
-                                  cfg.init_from, "best")) else "latest")
+      params = restore_params(task, cfg.init_from, which=None)
       state = state.replace(params=params)
       logging.info("initialised params from %s", cfg.init_from)
 
@@ -244,9 +242,18 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
   return eval_results
 
 
+def default_checkpoints(workdir: str) -> str:
+  """"best" when the run kept a best checkpoint (`train.best_metric`), else "latest"."""
+  return "best" if os.path.isdir(ckpt_lib.checkpoint_dir(workdir, "best")) else "latest"
+
+
 def restore_params(task: Task, workdir: str, step: int | None = None,
-                   which: str = "latest") -> Any:
-  """The parameters of a workdir's latest (or given, or best) checkpoint, on this mesh."""
+                   which: str | None = "latest") -> Any:
+  """The parameters of a workdir's latest (or given, or best) checkpoint, on this mesh.
+
+  `which=None` takes `default_checkpoints(workdir)`.
+  """
+  which = which or default_checkpoints(workdir)
   mesh = parallel.make_mesh()
   _, _, abstract, _ = abstract_train_state(task, mesh)
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True, which=which)
@@ -268,8 +275,7 @@ def restore_workdir(workdir: str, build_task: Callable[..., Task], step: int | N
   `overrides` (`{"section.field": value}`) change the restored config, e.g. the
   evaluation's beam size.
   """
-  if which is None:
-    which = "best" if os.path.isdir(ckpt_lib.checkpoint_dir(workdir, "best")) else "latest"
+  which = which or default_checkpoints(workdir)
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True, which=which)
   try:
     step = checkpointer.resolve_step(step)
