@@ -8,14 +8,9 @@ checkpoint. Multi-host: add --coordinator_address=HOST:PORT --num_processes=N
 --process_id=I on every process.
 """
 
-import json
-
 import common
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
-
-from mmzoo import tasks
-from mmzoo.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -25,12 +20,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics g
 
 def main(argv):
   del argv
-  common.initialize_distributed()
-  task = tasks.build(_CONFIG.value)
-  logging.info("corpus: %s, %d training and %d validation characters, vocabulary of %d",
-               task.corpus_name, len(task.train_ids), len(task.validation_ids), task.vocab.size)
-  results = loop.train_and_evaluate(task, _WORKDIR.value)
-  print(json.dumps({"validation": results}), flush=True)
+  common.train(_CONFIG.value, _WORKDIR.value, lambda task: (
+      f"corpus: {task.corpus_name}, {len(task.train_ids)} training and "
+      f"{len(task.validation_ids)} validation characters, vocabulary of {task.vocab.size}"))
 
 
 if __name__ == "__main__":

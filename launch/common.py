@@ -24,6 +24,28 @@ def initialize_distributed() -> None:
                                   HEARTBEAT.value)
 
 
+def train(config, workdir: str, describe=None) -> None:
+  """What every training launcher does: start the job, build the task, log
+  `describe(task)`, train and evaluate, and print the final validation JSON."""
+  import json
+
+  from mmzoo import tasks
+  from mmzoo.train import loop
+
+  initialize_distributed()
+  task = tasks.build(config)
+  if describe is not None:
+    logging.info("%s", describe(task))
+  results = loop.train_and_evaluate(task, workdir)
+  print(json.dumps({"validation": results}), flush=True)
+
+
+def describe_captioned_images(task) -> str:
+  """The data of a captioning or retrieval task, for the log."""
+  return (f"data: {task.config.data.source}, {({s: len(v) for s, v in task.splits.items()})} "
+          f"images per split, vocabulary of {task.tokenizer.vocab_size}")
+
+
 class _DropLibraryChatter:
   """Keeps orbax's per-save INFO lines out of the training log."""
 

@@ -11,14 +11,9 @@ best validation rsum is kept under W/best. Multi-host: add
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I on every process.
 """
 
-import json
-
 import common
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
-
-from mmzoo import tasks
-from mmzoo.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -28,13 +23,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics g
 
 def main(argv):
   del argv
-  common.initialize_distributed()
-  task = tasks.build(_CONFIG.value)
-  logging.info("data: %s, %s images per split, vocabulary of %d",
-               task.config.data.source, {s: len(v) for s, v in task.splits.items()},
-               task.tokenizer.vocab_size)
-  results = loop.train_and_evaluate(task, _WORKDIR.value)
-  print(json.dumps({"validation": results}), flush=True)
+  common.train(_CONFIG.value, _WORKDIR.value, common.describe_captioned_images)
 
 
 if __name__ == "__main__":
