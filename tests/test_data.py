@@ -78,6 +78,27 @@ def io_bytes(data):
   return io.BytesIO(data)
 
 
+def test_our_png_round_trips_through_pillow_and_the_fast_path_and_names_damage():
+  rng = np.random.default_rng(3)
+  pixels = rng.integers(0, 256, (13, 21, 3), dtype=np.uint8)
+  data = images.encode(pixels)
+  # Pillow, the independent reader, sees the same pixels; so does our fast path.
+  np.testing.assert_array_equal(np.asarray(Image.open(io_bytes(data))), pixels)
+  assert images._plain_png(data) is not None
+  np.testing.assert_array_equal(images.pixels(data), pixels)
+  # A Pillow-written PNG (filtered rows) is not ours, and decodes through Pillow.
+  buf = io_bytes(b"")
+  Image.fromarray(pixels).save(buf, format="PNG")
+  assert images._plain_png(buf.getvalue()) is None
+  np.testing.assert_array_equal(images.pixels(buf.getvalue()), pixels)
+  # Truncated, or one flipped byte inside the compressed pixels: named, not garbage.
+  flipped = bytearray(data)
+  flipped[60] ^= 0xFF
+  for bad in (data[:-40], bytes(flipped)):
+    with pytest.raises(InputError, match="shard-7: cannot decode image"):
+      images.pixels(bad, "shard-7")
+
+
 def test_missing_image_file():
   with pytest.raises(InputError, match="/nope.jpg: no such file"):
     images.load("/nope.jpg", 16)

@@ -15,7 +15,7 @@ from jax.flatten_util import ravel_pytree
 
 from mmzoo.nn.recurrent import NUM_GATES, Recurrent, cell_step, from_torch
 
-CELLS = ("rnn", "lstm", "gru")
+CELLS = ("rnn", "rnn_relu", "lstm", "gru")
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 B, T, F, H = 4, 6, 3, 5
@@ -63,9 +63,12 @@ def _to_carry(h0, c0, cell):
 
 
 def _torch_module(torch, cell, num_layers, bidirectional, dtype):
-  cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+  cls = {"rnn": torch.nn.RNN, "rnn_relu": torch.nn.RNN, "lstm": torch.nn.LSTM,
+         "gru": torch.nn.GRU}[cell]
+  kwargs = {"nonlinearity": "relu"} if cell == "rnn_relu" else {}
   return cls(
-    F, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=True, dtype=dtype
+    F, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=True, dtype=dtype,
+    **kwargs
   )
 
 
@@ -221,8 +224,10 @@ def test_cell_step_matches_torch_cell(torch, x64, cell):
   """cell_step against torch.nn.{RNN,LSTM,GRU}Cell, one step from a nonzero state."""
   torch.manual_seed(3)
   rng = np.random.default_rng(3)
-  cls = {"rnn": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}[cell]
-  tcell = cls(F, H, dtype=torch.float64)
+  cls = {"rnn": torch.nn.RNNCell, "rnn_relu": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell,
+         "gru": torch.nn.GRUCell}[cell]
+  kwargs = {"nonlinearity": "relu"} if cell == "rnn_relu" else {}
+  tcell = cls(F, H, dtype=torch.float64, **kwargs)
   sd = _numpy_state_dict(tcell)
   params = {
     "w_ih": jnp.asarray(sd["weight_ih"].T),
@@ -570,6 +575,30 @@ def test_from_torch_extra_keys(num_layers, bidirectional, extra):
   sd = _fake_state_dict("gru", 2, True)
   with pytest.raises(ValueError, match=extra):
     from_torch(sd, "gru", num_layers, bidirectional=bidirectional)
+
+
+@pytest.mark.parametrize("key,shape", [
+    ("weight_ih_l1", (3 * H, H)),  # layer 1 of a bidirectional stack reads 2H features
+    ("weight_ih_l0_reverse", (3 * H, F + 1)),  # the two directions disagree on inputs
+    ("bias_hh_l1_reverse", (3 * H + 1,)),
+    ("weight_hh_l1", (3 * H, H - 1)),
+])
+def test_from_torch_checks_every_tensor_shape(key, shape):
+  sd = _fake_state_dict("gru", 2, True)
+  sd[key] = np.zeros(shape, np.float32)
+  with pytest.raises(ValueError, match=rf"{key} has shape \({shape[0]}, ?"):
+    from_torch(sd, "gru", 2, bidirectional=True)
+
+
+def test_lengths_outside_the_time_axis_are_refused_or_clipped_under_jit():
+  module, params = from_torch(_fake_state_dict("gru", 1, True), "gru", 1, bidirectional=True)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, F)), jnp.float32)
+  with pytest.raises(ValueError, match=r"lengths must lie in \[0, 4\].*got \[5\]"):
+    module.apply({"params": params}, x, jnp.array([5, 2]))
+  # Under jit the values are unknown: a length past the end means the whole sequence
+  # (the reverse direction must not read outside it).
+  run = jax.jit(lambda lengths: module.apply({"params": params}, x, lengths)[0])
+  np.testing.assert_allclose(run(jnp.array([9, 2])), run(jnp.array([4, 2])), rtol=1e-6)
 
 
 def test_from_torch_unknown_cell():

@@ -153,7 +153,12 @@ def _shapes_examples(kind: str, split: str, n: int, image_size: int, seed: int,
 class Shapes(tfds.core.GeneratorBasedBuilder):
   """The built-in shapes world (see `mmzoo.data.shapes`)."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Images PNG-encoded by Pillow.",
+      "1.1.0": "Same pixels; PNGs with unfiltered rows (`images.encode`), which decode "
+               "2.5x faster.",
+  }
   BUILDER_CONFIGS = [shapes_config(kind) for kind in SHAPES_KINDS]
 
   def __init__(self, *, workers: int | None = None, **kwargs):

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
+import zlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -48,8 +50,58 @@ def decode(data: bytes, source: str) -> Image.Image:
 def pixels(image, source: str = "record") -> np.ndarray:
   """`<uint8>[H, W, 3]` from encoded bytes (decoded here) or an array (returned as is)."""
   if isinstance(image, bytes | bytearray):
+    fast = _plain_png(image)
+    if fast is not None:
+      return fast
     return np.asarray(decode(bytes(image), source), dtype=np.uint8)
   return np.asarray(image)
+
+
+# PNG, as `encode` writes it: 8-bit RGB, not interlaced, every row filtered with
+# "None" (type 0), so that decoding is one inflate and a reshape, about 2.5x
+# faster than Pillow on the shapes images (which are noisy: other filters do not
+# shrink them). Any other PNG, and anything malformed, goes through Pillow.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+  return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _encode_plain_png(pixels: np.ndarray) -> bytes:
+  height, width, _ = pixels.shape
+  rows = np.concatenate([np.zeros((height, 1), np.uint8), pixels.reshape(height, width * 3)], 1)
+  header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  return (_PNG_SIGNATURE + _png_chunk(b"IHDR", header) +
+          _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _png_chunk(b"IEND", b""))
+
+
+def _plain_png(data: bytes) -> np.ndarray | None:
+  """The pixels of a PNG in `_encode_plain_png`'s form; None for any other bytes."""
+  if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 33:
+    return None
+  width, height, depth, color, _, _, interlace = struct.unpack_from(">IIBBBBB", data, 16)
+  if (depth, color, interlace) != (8, 2, 0) or zlib.crc32(data[12:29]) != struct.unpack_from(
+      ">I", data, 29)[0]:
+    return None
+  parts, pos = [], 33
+  while pos + 12 <= len(data):
+    (length,), kind = struct.unpack_from(">I", data, pos), data[pos + 4:pos + 8]
+    if kind == b"IDAT":
+      parts.append(data[pos + 8:pos + 8 + length])
+    elif kind == b"IEND":
+      break
+    pos += 12 + length
+  try:
+    raw = zlib.decompress(b"".join(parts))
+  except zlib.error:
+    return None  # Pillow names the problem
+  if len(raw) != height * (width * 3 + 1):
+    return None
+  rows = np.frombuffer(raw, np.uint8).reshape(height, width * 3 + 1)
+  if rows[:, 0].any():
+    return None
+  return np.ascontiguousarray(rows[:, 1:]).reshape(height, width, 3)
 
 
 def _reason(error: Exception) -> str:
@@ -98,6 +150,9 @@ def load(path: str, size: int) -> np.ndarray:
 
 def encode(pixels: np.ndarray, image_format: str = "png", quality: int = 95) -> bytes:
   """Encodes `<uint8>[H, W, 3]` as PNG (lossless) or JPEG."""
+  if image_format == "png" and pixels.dtype == np.uint8 and pixels.ndim == 3 and (
+      pixels.shape[2] == 3):
+    return _encode_plain_png(np.ascontiguousarray(pixels))
   buf = io.BytesIO()
   if image_format == "png":
     Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)

@@ -92,7 +92,7 @@ def _shard(ds: grain.MapDataset, process_index: int | None,
 
 def train_batches(source: Sequence, transform: Transform, batch_size: int, seed: int, *,
                   num_epochs: int | None = None, process_index: int | None = None,
-                  process_count: int | None = None, read_threads: int = 2,
+                  process_count: int | None = None, read_threads: int = 1,
                   prefetch: int = 4) -> grain.DatasetIterator:
   """An endless (or `num_epochs`) iterator of this process's shuffled training batches.
 
@@ -140,7 +140,7 @@ class Counted:
 
 def eval_batches(source: Sequence, transform: Transform, batch_size: int, *,
                  process_index: int | None = None, process_count: int | None = None,
-                 read_threads: int = 2) -> grain.DatasetIterator:
+                 read_threads: int = 1) -> grain.DatasetIterator:
   """Every example of this process's shard once, in order, in full batches with `mask`.
 
   Each process yields ceil(ceil(N / processes) / batch_size) batches; padding

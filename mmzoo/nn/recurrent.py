@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-CellKind = Literal["rnn", "lstm", "gru"]
-NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+CellKind = Literal["rnn", "rnn_relu", "lstm", "gru"]
+NUM_GATES = {"rnn": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 Initializer = Callable[[jax.Array, Sequence[int], Any], jax.Array]
 Carry = Any  # tuple over layer*direction of h or (h, c)
 DEFAULT_UNROLL = 1
@@ -66,6 +66,9 @@ def _cell_forward(cell: CellKind, xw: jax.Array, h: jax.Array, c: jax.Array | No
     xw = xw + b_x
   if cell == "rnn":
     h_new = jnp.tanh(xw + hw)
+    return h_new, None, h_new, None
+  if cell == "rnn_relu":
+    h_new = jax.nn.relu(xw + hw)
     return h_new, None, h_new, None
   if cell == "lstm":
     i, f, g, o = jnp.split(xw + hw, 4, axis=-1)
@@ -321,6 +324,9 @@ def _recurrence_bwd(cell: CellKind, unroll: int, axis: int, residuals, cotangent
     if cell == "rnn":
       dz = dh_new * (1.0 - act_t * act_t)
       dh_prev = dz @ w_hh_t
+    elif cell == "rnn_relu":
+      dz = jnp.where(act_t > 0, dh_new, 0.0)
+      dh_prev = dz @ w_hh_t
     elif is_lstm:
       i, f, g, o = jnp.split(act_t, 4, axis=-1)
       if m_t is not None:
@@ -405,7 +411,7 @@ class Recurrent(nn.Module):
   """A stack of RNN/LSTM/GRU layers over `<float32>[batch, time, features]`.
 
   Attributes:
-    cell: "rnn", "lstm" or "gru".
+    cell: "rnn" (tanh), "rnn_relu", "lstm" or "gru".
     hidden_size: units per layer and direction.
     num_layers: stacked layers.
     bidirectional: run a reverse direction per layer and concatenate.
@@ -460,6 +466,7 @@ class Recurrent(nn.Module):
       initial_carry = self.initialize_carry(batch_size, inputs.dtype)
     mask = None
     if lengths is not None:
+      lengths = _checked_lengths(lengths, num_steps)
       mask = (jnp.arange(num_steps)[None, :] < lengths[:, None])[..., None]  # [B, T, 1]
 
     x = inputs  # batch-major throughout: [B, T, F]
@@ -487,6 +494,22 @@ class Recurrent(nn.Module):
     return x, tuple(final_carry)
 
 
+def _checked_lengths(lengths: jax.Array, num_steps: int) -> jax.Array:
+  """`lengths`, refused if a known value lies outside [0, num_steps].
+
+  Under `jit` the values are unknown; they are clipped to [0, num_steps] so an
+  out-of-range length can never index past the sequence (a length beyond the
+  time axis then means "all of it").
+  """
+  if not isinstance(lengths, jax.core.Tracer):
+    values = np.asarray(lengths)
+    bad = values[(values < 0) | (values > num_steps)]
+    if bad.size:
+      raise ValueError(f"lengths must lie in [0, {num_steps}] (the inputs' time steps); "
+                       f"got {sorted(set(bad.tolist()))[:5]}")
+  return jnp.clip(lengths, 0, num_steps)
+
+
 def from_torch(state_dict: Mapping[str, Any], cell: CellKind, num_layers: int,
                bidirectional: bool = False) -> tuple[Recurrent, dict]:
   """Builds a `Recurrent` and its params from a PyTorch nn.LSTM/GRU/RNN state dict.
@@ -495,7 +518,8 @@ def from_torch(state_dict: Mapping[str, Any], cell: CellKind, num_layers: int,
     state_dict: numpy arrays (or anything `np.asarray` accepts) under
       PyTorch's names: `weight_ih_l{k}`, `weight_hh_l{k}`, `bias_ih_l{k}`,
       `bias_hh_l{k}`, plus the `_reverse` variants when bidirectional.
-    cell: "lstm", "gru" or "rnn" (tanh).
+    cell: "lstm", "gru", "rnn" (`nn.RNN`, tanh) or "rnn_relu" (`nn.RNN` with
+      `nonlinearity="relu"`; a state dict does not record the nonlinearity).
     num_layers: the PyTorch module's `num_layers`.
     bidirectional: the PyTorch module's `bidirectional`.
 
@@ -514,29 +538,41 @@ def from_torch(state_dict: Mapping[str, Any], cell: CellKind, num_layers: int,
   if w_hh0.shape[0] != gates * hidden_size:
     raise ValueError(f"weight_hh_l0 has shape {w_hh0.shape}, which is not a {cell} "
                      f"layer (expected [{gates} * hidden, hidden])")
+  suffixes = ("", "_reverse") if bidirectional else ("",)
+  expected = {f"{n}_l{layer}{suffix}" for layer in range(num_layers) for suffix in suffixes
+              for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+  extra = sorted(set(state_dict) - expected)
+  if extra:
+    raise ValueError(f"state dict has keys {extra} that a {num_layers}-layer "
+                     f"{'bidirectional ' if bidirectional else ''}{cell} does not use "
+                     "(projections via proj_size are not supported)")
   params = {}
-  expected = set()
+  width = gates * hidden_size
+  in_features = np.asarray(state_dict.get("weight_ih_l0", np.zeros((0, 0)))).shape[-1]
   for layer in range(num_layers):
-    for suffix in ("", "_reverse") if bidirectional else ("",):
+    for suffix in suffixes:
       key = f"l{layer}{suffix}"
       names = {n: f"{n}_l{layer}{suffix}"
                for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-      expected |= set(names.values())
       missing = [v for v in names.values() if v not in state_dict]
       if missing:
         raise ValueError(f"state dict lacks {missing} for a {num_layers}-layer "
                          f"{'bidirectional ' if bidirectional else ''}{cell}")
+      layer_in = in_features if layer == 0 else hidden_size * (2 if bidirectional else 1)
+      shapes = {"weight_ih": (width, layer_in), "weight_hh": (width, hidden_size),
+                "bias_ih": (width,), "bias_hh": (width,)}
+      for n, shape in shapes.items():
+        got = np.shape(state_dict[names[n]])
+        if got != shape:
+          raise ValueError(f"{names[n]} has shape {got}; a {num_layers}-layer "
+                           f"{'bidirectional ' if bidirectional else ''}{cell} with hidden "
+                           f"size {hidden_size} and {in_features} input features needs {shape}")
       params[key] = {
           "w_ih": jnp.asarray(np.asarray(state_dict[names["weight_ih"]]).T),
           "w_hh": jnp.asarray(np.asarray(state_dict[names["weight_hh"]]).T),
           "b_ih": jnp.asarray(np.asarray(state_dict[names["bias_ih"]])),
           "b_hh": jnp.asarray(np.asarray(state_dict[names["bias_hh"]])),
       }
-  extra = sorted(set(state_dict) - expected)
-  if extra:
-    raise ValueError(f"state dict has keys {extra} that a {num_layers}-layer "
-                     f"{'bidirectional ' if bidirectional else ''}{cell} does not use "
-                     "(projections via proj_size are not supported)")
   module = Recurrent(cell=cell, hidden_size=hidden_size, num_layers=num_layers,
                      bidirectional=bidirectional)
   return module, params
