@@ -162,9 +162,8 @@ def main(argv):
   gts = {i: r for i, r in enumerate(refs)}
   res = {i: [c] for i, c in enumerate(cands)}
 
-  def ours_all():
-    return (caption_metrics.bleu(cands, refs), caption_metrics.rouge_l(cands, refs),
-            caption_metrics.cider_d(cands, refs))
+  def ours_all():  # what `mmzoo.eval.captions` runs: BLEU and CIDEr-D share n-grams
+    return caption_metrics.coco_scores(cands, refs)
 
   def peer_all():
     return (Bleu(4).compute_score(gts, res, verbose=0), Rouge().compute_score(gts, res),
@@ -207,10 +206,11 @@ def main(argv):
   if Bleu is not None:
     ours_scores, peer_scores = ours_all(), peer_all()
     diffs = {
-        "Bleu": max(abs(a - b) for a, b in zip(ours_scores[0][0], peer_scores[0][0], strict=True)),
-        "ROUGE_L": abs(ours_scores[1][0] - peer_scores[1][0]),
-        "CIDEr": abs(ours_scores[2][0] - peer_scores[2][0]),
-        "CIDEr per image": float(np.max(np.abs(np.array(ours_scores[2][1]) - peer_scores[2][1]))),
+        "Bleu": max(abs(ours_scores[f"Bleu_{k + 1}"][0] - peer_scores[0][0][k]) for k in range(4)),
+        "ROUGE_L": abs(ours_scores["ROUGE_L"][0] - peer_scores[1][0]),
+        "CIDEr": abs(ours_scores["CIDEr"][0] - peer_scores[2][0]),
+        "CIDEr per image": float(np.max(np.abs(np.array(ours_scores["CIDEr"][1])
+                                               - peer_scores[2][1]))),
     }
     print("\nmax |mmzoo - pycocoevalcap|: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
 

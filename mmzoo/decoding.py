@@ -16,6 +16,14 @@ module knows nothing else of models, tasks, data or training:
   beams themselves (row `b * beam_size + k` is beam k of image b) and reorder it
   by beam ancestry after every step.
 
+Parts of the state that never change and are the same for all of an image's
+hypotheses (image regions, attention keys) can be wrapped in `Shared`: beam
+search then neither tiles nor reorders them (their leaves keep leading dim
+`batch` while the rest has `batch * beam_size`), and `step_fn` broadcasts them
+over the beams (`mmzoo.models.captioner.attend` does). Tiling and reordering
+[batch, 196, 2048] regions over 5 beams at every step otherwise costs more than
+the step itself.
+
 All functions are batched over images, have fixed shapes and run one
 `jax.lax.while_loop` (no host round-trip per step), which stops early when no
 row can change any more. They are meant to be called under `jax.jit` with
@@ -67,6 +75,23 @@ StepFn = Callable[[State, jax.Array], tuple[jax.Array, State, Aux]]
 LengthPenalty = Literal["none", "average", "gnmt"]
 
 _NEG_INF = float("-inf")
+
+
+class Shared(NamedTuple):
+  """A part of the decoding state that beam search leaves alone (module docstring):
+  one copy per image, leaves `[batch, ...]`, never tiled over beams nor reordered."""
+
+  value: Any
+
+
+def _is_shared(x: Any) -> bool:
+  return isinstance(x, Shared)
+
+
+def _per_hypothesis(fn: Callable[[jax.Array], jax.Array], state: State) -> State:
+  """`fn` applied to every leaf of `state` outside `Shared` parts."""
+  return jax.tree.map(lambda x: x if _is_shared(x) else jax.tree.map(fn, x), state,
+                      is_leaf=_is_shared)
 
 
 class DecodeOutput(NamedTuple):
@@ -333,7 +358,7 @@ def _reorder_state(state: State, parent: jax.Array) -> State:
     x = _gather(x.reshape((b, k) + x.shape[1:]), parent)
     return x.reshape((b * k,) + x.shape[2:])
 
-  return jax.tree.map(reorder, state)
+  return _per_hypothesis(reorder, state)
 
 
 def _top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -379,7 +404,7 @@ def _beam_search(step_fn: StepFn, init_state: State, batch_size: int, beam_size:
   _check_state(init_state, batch_size)
   b, k, n_t = batch_size, beam_size, max_len
   kg = k // groups
-  state = jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x), k, axis=0), init_state)
+  state = _per_hypothesis(lambda x: jnp.repeat(jnp.asarray(x), k, axis=0), init_state)
   tokens = jnp.full((b, k), bos_id, jnp.int32)
   vocab, aux_shape = _trace_step(step_fn, state, tokens.reshape(b * k))
   if vocab < 2:
@@ -488,7 +513,7 @@ def beam_search(step_fn: StepFn, init_state: State, batch_size: int, beam_size: 
   Args:
     step_fn: called on `batch_size * beam_size` rows, row `b * beam_size + k` being beam k
       of image b.
-    init_state: leaves `[batch_size, ...]`; tiled over beams here.
+    init_state: leaves `[batch_size, ...]`; tiled over beams here, except `Shared` parts.
     length_penalty: how finished hypotheses are ranked: total log-prob divided by 1
       (`none`), by the length (`average`) or by ((5 + length) / 6) ** alpha (`gnmt`).
     alpha: the exponent of `gnmt`.

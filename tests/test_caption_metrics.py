@@ -230,6 +230,17 @@ def test_bleu_rouge_cider_equal_pycocoevalcap():
   fixed = caption_metrics.CiderD.from_corpus(references).score(candidates, references)
   diffs["CIDEr (fixed df)"] = np.max(np.abs(fixed - ref_cider_images))
 
+  # The shared-n-gram form that `evaluate_captions` runs.
+  combined = caption_metrics.coco_scores(candidates, references)
+  references_by_name = {f"Bleu_{k + 1}": (ref_bleu[k], ref_bleu_images[k]) for k in range(4)}
+  references_by_name["ROUGE_L"] = (ref_rouge, ref_rouge_images)
+  references_by_name["CIDEr"] = (ref_cider, ref_cider_images)
+  assert sorted(combined) == sorted(references_by_name)
+  for name, (corpus, images) in combined.items():
+    ref_corpus, ref_images = references_by_name[name]
+    diffs[f"{name} (coco_scores)"] = max(abs(corpus - ref_corpus),
+                                         np.max(np.abs(np.array(images) - ref_images)))
+
   print("max |ours - pycocoevalcap|:", {k: float(v) for k, v in diffs.items()})
   assert 0.1 < ref_cider < 10 and 0.1 < ref_bleu[0] < 1  # a non-degenerate corpus
   for name, diff in diffs.items():

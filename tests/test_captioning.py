@@ -59,6 +59,22 @@ def test_attention_weights_and_the_stepwise_decoder_match_teacher_forcing():
   out = decoding.greedy(step, state, 2, 6)
   assert out.aux["attention"].shape == (2, 6, 5)
 
+  # Beam search keeps the image (decoding.Shared) one copy per image; with it unwrapped,
+  # tiled over beams and reordered like the rest, the search is the same.
+  assert isinstance(state["image"], decoding.Shared)
+  unshared = {**state, "image": state["image"].value}
+
+  def unshared_step(s, w):
+    lo, new, a = step({**s, "image": decoding.Shared(s["image"])}, w)
+    return lo, {**new, "image": new["image"].value}, a
+
+  shared_out = decoding.beam_search(step, state, 2, 3, 6)
+  plain_out = decoding.beam_search(unshared_step, unshared, 2, 3, 6)
+  np.testing.assert_array_equal(shared_out.sequences, plain_out.sequences)
+  np.testing.assert_allclose(shared_out.scores, plain_out.scores, rtol=1e-5)
+  np.testing.assert_allclose(shared_out.aux["attention"], plain_out.aux["attention"], rtol=1e-5,
+                             atol=1e-7)
+
 
 @pytest.mark.parametrize("module,variant", [(show_tell, "smoke"), (show_tell, "smoke,rnn"),
                                             (updown, "smoke")])

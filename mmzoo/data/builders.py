@@ -20,16 +20,16 @@ found then, named, and either stops the build or is skipped and reported
 
 from __future__ import annotations
 
-import atexit
+import concurrent.futures
 import dataclasses
 import multiprocessing
-import multiprocessing.pool
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from mmzoo.data import images, readers
 from mmzoo.errors import InputError
@@ -38,25 +38,40 @@ _DOWNLOAD = tfds.download.DownloadConfig(try_download_gcs=False)
 SPLITS = ("train", "validation", "test")
 
 
-_POOLS: dict[int, multiprocessing.pool.Pool] = {}
+_POOLS: dict[int, concurrent.futures.ProcessPoolExecutor] = {}
 
 
-def _pool(workers: int) -> multiprocessing.pool.Pool:
+def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
   """A pool of `workers` processes, started once (spawned: the parent may run JAX
   threads, which forking could leave deadlocked) and reused by every later build."""
   if workers not in _POOLS:
-    _POOLS[workers] = multiprocessing.get_context("spawn").Pool(workers)
-    atexit.register(_POOLS[workers].terminate)
+    _POOLS[workers] = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"))
   return _POOLS[workers]
 
 
 def _parallel_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
-  """`map(fn, items)` in order, over `workers` processes when more than one."""
+  """`map(fn, items)` in order, over `workers` processes when more than one.
+
+  Spawned workers re-import the `__main__` module; a script that builds at its top
+  level, with no `if __name__ == "__main__":` guard, makes them fail as they start.
+  The work then continues in this process, with a warning, rather than hanging.
+  """
   items = list(items)
   if workers <= 1 or len(items) < 64:
     yield from map(fn, items)
     return
-  yield from _pool(workers).imap(fn, items, chunksize=32)
+  done = 0
+  try:
+    for result in _pool(workers).map(fn, items, chunksize=32):
+      yield result
+      done += 1
+  except concurrent.futures.process.BrokenProcessPool:
+    _POOLS.pop(workers).shutdown(wait=False, cancel_futures=True)
+    logging.warning("dataset worker processes died as they started (does the script that "
+                    "builds datasets lack an `if __name__ == \"__main__\":` guard?); "
+                    "building in this process instead")
+    yield from map(fn, items[done:])
 
 
 def prepare(builder: tfds.core.GeneratorBasedBuilder) -> tfds.core.GeneratorBasedBuilder:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,22 +70,45 @@ class _Ngrams:
   def __init__(self, sentences: list[list], vocabulary: dict[Hashable, int],
                grow: bool = True):
     flat = list(itertools.chain.from_iterable(sentences))
-    tokens = np.fromiter(map(vocabulary.get, flat, itertools.repeat(-1)), np.int64, len(flat))
-    new = vocabulary if grow else {}
-    offset = 0 if grow else len(vocabulary)
-    for i in np.flatnonzero(tokens < 0).tolist():
-      tokens[i] = new.setdefault(flat[i], offset + len(new))
-    self.tokens = tokens
-    self.vocabulary_size = max(offset + len(new), 1)
+    # New tokens are numbered in order of first occurrence (dict.fromkeys keeps it).
+    unknown = [t for t in dict.fromkeys(flat) if t not in vocabulary]
+    offset = len(vocabulary)
+    ids = vocabulary if grow else dict(vocabulary)
+    ids.update(zip(unknown, range(offset, offset + len(unknown)), strict=True))
+    self.tokens = np.fromiter(map(ids.__getitem__, flat), np.int64, len(flat))
+    self.vocabulary_size = max(len(ids), 1)
     self.lengths = np.array([len(w) for w in sentences], np.int64)
     self.sentence_of = np.repeat(np.arange(len(sentences)), self.lengths)
     starts = np.cumsum(self.lengths) - self.lengths
     self.position = np.arange(len(flat), dtype=np.int64) - starts[self.sentence_of]
+    self._orders: dict[int, list[tuple]] = {}
+    self._by_list: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
-  def orders(self, n: int):
+  def orders(self, n: int) -> list[tuple]:
     """For k = 1..n (while any sentence is that long): kinds, then per kind its prefix's
     number at order k-1 (None for k = 1) and its last token, then per (sentence, kind)
-    group: sentence, kind and count, sorted by sentence then kind."""
+    group: sentence, kind and count, sorted by sentence then kind. Computed once per n
+    (BLEU and CIDEr-D of one batch share them)."""
+    if n not in self._orders:
+      self._orders[n] = list(self._count_orders(n))
+    return self._orders[n]
+
+  def references_by_list(self, k: int, order: tuple, images: int, ref_list: np.ndarray,
+                         name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The reference groups of order k + 1 (`order`, from `orders`; sentences from
+    `images` on are references, sentence `images + r` in list `ref_list[r]`) sorted by
+    (list, n-gram): their positions among the order's groups and their keys
+    `list * kinds + kind`. Cached under `name`, which must stand for one `ref_list`
+    (BLEU and CIDEr-D of a corpus share theirs)."""
+    if (k, name) not in self._by_list:
+      kinds, _, _, sentence, kind, _ = order
+      groups = np.flatnonzero(sentence >= images)
+      keys = ref_list[sentence[groups] - images] * kinds + kind[groups]
+      by_key = np.argsort(keys)  # the order within a key does not matter
+      self._by_list[k, name] = groups[by_key], keys[by_key]
+    return self._by_list[k, name]
+
+  def _count_orders(self, n: int):
     size = self.vocabulary_size
     ident = self.tokens  # each position's k-gram number
     kinds = size
@@ -144,10 +167,20 @@ def bleu(candidates: Sequence[Sentence], references: Sequence[Sequence[Sentence]
   follow coco-caption's arithmetic step by step, so they are the same floats.
   """
   _check(candidates, references)
-  images = len(candidates)
-  sentences = [_words(c) for c in candidates] + [_words(r) for refs in references for r in refs]
+  return _bleu(_Ngrams(_sentences(candidates, references), {}), references, n)
+
+
+def _sentences(candidates: Sequence[Sentence],
+               references: Sequence[Sequence[Sentence]]) -> list[list]:
+  """The candidates' words, then every reference's, image by image."""
+  return [_words(c) for c in candidates] + [_words(r) for refs in references for r in refs]
+
+
+def _bleu(batch: _Ngrams, references: Sequence[Sequence[Sentence]],
+          n: int) -> tuple[list[float], list[list[float]]]:
+  """`bleu` given the n-grams of `_sentences(candidates, references)`."""
+  images = len(references)
   owner = np.repeat(np.arange(images), [len(refs) for refs in references])
-  batch = _Ngrams(sentences, {})
   testlen = batch.lengths[:images]
   # The reference length closest to the candidate's, the shorter on a tie.
   reflens = batch.lengths[images:]
@@ -156,12 +189,12 @@ def bleu(candidates: Sequence[Sentence], references: Sequence[Sequence[Sentence]
   starts = np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]])) if images else []
   reflen = np.minimum.reduceat(closeness, starts) % scale if images else np.zeros(0, np.int64)
   correct = np.zeros((n, images), np.int64)
-  for k, (kinds, _, _, sentence, kind, count) in enumerate(batch.orders(n)):
+  for k, order in enumerate(batch.orders(n)):
+    kinds, _, _, sentence, kind, count = order
     is_ref = sentence >= images
     # Per image and n-gram, its largest count in any reference...
-    keys = owner[sentence[is_ref] - images] * kinds + kind[is_ref]
-    order = np.argsort(keys, kind="stable")
-    keys, ref_counts = keys[order], count[is_ref][order]
+    groups, keys = batch.references_by_list(k, order, images, owner, "image")
+    ref_counts = count[groups]
     first = np.flatnonzero(np.concatenate([[len(keys) > 0], keys[1:] != keys[:-1]]))
     most = np.maximum.reduceat(ref_counts, first) if len(first) else ref_counts[:0]
     keys = keys[first]
@@ -305,7 +338,7 @@ class CiderD:
     work on those references.
     """
     _check(candidates, references)
-    n, images = self.n, len(candidates)
+    images = len(candidates)
     # The distinct reference lists, and each candidate's.
     list_of: dict = {}
     distinct: list = []
@@ -316,65 +349,77 @@ class CiderD:
       if j == len(distinct):
         distinct.append(refs)
       cand_list[i] = j
-    list_sizes = np.array([len(refs) for refs in distinct], np.int64)
-    list_start = np.cumsum(list_sizes) - list_sizes  # its first reference sentence
-    ref_list = np.repeat(np.arange(len(distinct)), list_sizes)
-    sentences = [_words(c) for c in candidates] + [_words(r) for refs in distinct for r in refs]
-    count = len(sentences)
-    # One (candidate, reference) pair per reference of each candidate, in order.
-    pair_counts = list_sizes[cand_list]
-    pair_start = np.cumsum(pair_counts) - pair_counts
-    pair_cand = np.repeat(np.arange(images), pair_counts)
-    pair_ref = (np.arange(len(pair_cand)) - pair_start[pair_cand]
-                + list_start[cand_list][pair_cand])  # index among the reference sentences
+    batch = _Ngrams(_sentences(candidates, distinct), self._vocabulary, grow=False)
     known = len(self._vocabulary)  # tokens past these ids are unknown to the corpus
-    batch = _Ngrams(sentences, self._vocabulary, grow=False)
-    sums = np.zeros((len(pair_cand), n))  # per pair and order: sum_g min(w_c, w_r) w_r
-    norms = np.zeros((count, n))
     found = None
-    for k, (kinds, prefix, last, sentence, kind, tf) in enumerate(batch.orders(n)):
-      # Each n-gram's row in the corpus table (or -1) and its idf.
+
+    def idf_of(k, kinds, prefix, last, sentence, kind):
+      # Each n-gram's row in the corpus table (or -1), and its idf.
+      nonlocal found
       if prefix is None:
         found = np.where(last < known, last, -1)
       else:
         found = _find_rows(self._starts[k], self._lasts[k], found[prefix], last)
       idf = np.full(kinds, self.ref_len)
       idf[found >= 0] = self._idf[k][found[found >= 0]]
-      weight = tf.astype(np.float64) * idf[kind]
-      norms[:, k] = np.sqrt(np.bincount(sentence, weight * weight, minlength=count))
-      # Clipped dot products: each candidate n-gram meets the same n-gram in every
-      # reference of its list.
-      cand_groups = np.flatnonzero(sentence < images)
-      ref_groups = np.flatnonzero(sentence >= images)
-      ref_keys = ref_list[sentence[ref_groups] - images] * kinds + kind[ref_groups]
-      by_key = np.argsort(ref_keys, kind="stable")
-      ref_keys = ref_keys[by_key]
-      wanted = cand_list[sentence[cand_groups]] * kinds + kind[cand_groups]
-      lo = np.searchsorted(ref_keys, wanted, "left")
-      hits = np.searchsorted(ref_keys, wanted, "right") - lo
-      total = int(hits.sum())
-      if total == 0:
-        continue
-      cand_group = np.repeat(cand_groups, hits)
-      ref_group = ref_groups[by_key[np.arange(total) + np.repeat(lo - (np.cumsum(hits) - hits),
-                                                                 hits)]]
-      cand = sentence[cand_group]
-      pair = (pair_start[cand] + sentence[ref_group] - images
-              - list_start[cand_list[cand]])
-      w_cand, w_ref = weight[cand_group], weight[ref_group]
-      sums[:, k] = np.bincount(pair, np.minimum(w_cand, w_ref) * w_ref, minlength=len(sums))
-    cand_norms, ref_norms = norms[pair_cand], norms[images + pair_ref]
-    both = (cand_norms != 0) & (ref_norms != 0)
-    values = np.where(both, sums / np.where(both, cand_norms * ref_norms, 1.0), sums)
-    # coco-caption's length: the number of bigrams.
-    bigrams = np.maximum(batch.lengths - 1, 0) if n > 1 else np.zeros(count, np.int64)
-    delta = (bigrams[pair_cand] - bigrams[images + pair_ref]).astype(np.float64)
-    values = values * (math.e ** (-(delta**2) / (2 * self.sigma**2)))[:, None]
-    per_order = [np.bincount(pair_cand, values[:, k], minlength=images) for k in range(n)]
-    total = per_order[0].copy()
-    for k in range(1, n):  # coco-caption's mean over the orders: a left-to-right sum
-      total += per_order[k]
-    return total / n / np.maximum(pair_counts, 1) * 10.0
+      return idf
+
+    return _cider(batch, images, cand_list, np.array([len(r) for r in distinct], np.int64),
+                  idf_of, self.n, self.sigma)
+
+
+def _cider(batch: _Ngrams, images: int, cand_list: np.ndarray, list_sizes: np.ndarray,
+           idf_of: Callable, n: int, sigma: float, list_name: str = "list") -> np.ndarray:
+  """Per-image CIDEr-D of the first `images` sentences of `batch` (the candidates)
+  against reference lists: the rest of `batch`, list after list, `list_sizes[l]`
+  sentences in list l; candidate i's list is `cand_list[i]`. `idf_of(k, kinds, prefix,
+  last, sentence, kind)` (the arguments of `_Ngrams.orders` at order k + 1) gives the
+  idf of each n-gram kind. `list_name` names the lists for `references_by_list`."""
+  list_start = np.cumsum(list_sizes) - list_sizes  # its first reference sentence
+  ref_list = np.repeat(np.arange(len(list_sizes)), list_sizes)
+  count = len(batch.lengths)
+  # One (candidate, reference) pair per reference of each candidate, in order.
+  pair_counts = list_sizes[cand_list]
+  pair_start = np.cumsum(pair_counts) - pair_counts
+  pair_cand = np.repeat(np.arange(images), pair_counts)
+  pair_ref = (np.arange(len(pair_cand)) - pair_start[pair_cand]
+              + list_start[cand_list][pair_cand])  # index among the reference sentences
+  sums = np.zeros((len(pair_cand), n))  # per pair and order: sum_g min(w_c, w_r) w_r
+  norms = np.zeros((count, n))
+  for k, order in enumerate(batch.orders(n)):
+    kinds, prefix, last, sentence, kind, tf = order
+    idf = idf_of(k, kinds, prefix, last, sentence, kind)
+    weight = tf.astype(np.float64) * idf[kind]
+    norms[:, k] = np.sqrt(np.bincount(sentence, weight * weight, minlength=count))
+    # Clipped dot products: each candidate n-gram meets the same n-gram in every
+    # reference of its list.
+    cand_groups = np.flatnonzero(sentence < images)
+    sorted_groups, ref_keys = batch.references_by_list(k, order, images, ref_list, list_name)
+    wanted = cand_list[sentence[cand_groups]] * kinds + kind[cand_groups]
+    lo = np.searchsorted(ref_keys, wanted, "left")
+    hits = np.searchsorted(ref_keys, wanted, "right") - lo
+    total = int(hits.sum())
+    if total == 0:
+      continue
+    cand_group = np.repeat(cand_groups, hits)
+    ref_group = sorted_groups[np.arange(total) + np.repeat(lo - (np.cumsum(hits) - hits), hits)]
+    cand = sentence[cand_group]
+    pair = (pair_start[cand] + sentence[ref_group] - images
+            - list_start[cand_list[cand]])
+    w_cand, w_ref = weight[cand_group], weight[ref_group]
+    sums[:, k] = np.bincount(pair, np.minimum(w_cand, w_ref) * w_ref, minlength=len(sums))
+  cand_norms, ref_norms = norms[pair_cand], norms[images + pair_ref]
+  both = (cand_norms != 0) & (ref_norms != 0)
+  values = np.where(both, sums / np.where(both, cand_norms * ref_norms, 1.0), sums)
+  # coco-caption's length: the number of bigrams.
+  bigrams = np.maximum(batch.lengths - 1, 0) if n > 1 else np.zeros(count, np.int64)
+  delta = (bigrams[pair_cand] - bigrams[images + pair_ref]).astype(np.float64)
+  values = values * (math.e ** (-(delta**2) / (2 * sigma**2)))[:, None]
+  per_order = [np.bincount(pair_cand, values[:, k], minlength=images) for k in range(n)]
+  total = per_order[0].copy()
+  for k in range(1, n):  # coco-caption's mean over the orders: a left-to-right sum
+    total += per_order[k]
+  return total / n / np.maximum(pair_counts, 1) * 10.0
 
 
 def cider_d(candidates: Sequence[Sentence], references: Sequence[Sequence[Sentence]],
@@ -382,5 +427,42 @@ def cider_d(candidates: Sequence[Sentence], references: Sequence[Sequence[Senten
   """Corpus (mean) and per-image CIDEr-D, as coco-caption's `Cider`: document
   frequencies from these references, ref_len = log(number of images)."""
   _check(candidates, references)
-  scores = CiderD.from_corpus(references, n, sigma).score(candidates, references)
+  scores = _cider_own_df(_Ngrams(_sentences(candidates, references), {}), references, n, sigma)
   return float(np.mean(scores)), scores.tolist()
+
+
+def _cider_own_df(batch: _Ngrams, references: Sequence[Sequence[Sentence]], n: int,
+                  sigma: float) -> np.ndarray:
+  """`cider_d`'s per-image scores given the n-grams of `_sentences(candidates, references)`:
+  the document frequencies come from the same n-grams (the reference sentences'), so
+  they are counted once."""
+  images = len(references)
+  if images == 0:
+    raise ValueError("the document-frequency corpus has no images")
+  sizes = np.array([len(refs) for refs in references], np.int64)
+  owner = np.repeat(np.arange(images), sizes)
+  ref_len = float(np.log(float(images)))
+
+  def idf_of(k, kinds, prefix, last, sentence, kind):
+    is_ref = sentence >= images
+    pairs = _sorted_unique(owner[sentence[is_ref] - images] * kinds + kind[is_ref])
+    df = np.bincount(pairs % kinds, minlength=kinds).astype(np.float64)
+    return ref_len - np.log(np.maximum(1.0, df))
+
+  # One list per image, the images' own references: the lists are BLEU's "image"s.
+  return _cider(batch, images, np.arange(images), sizes, idf_of, n, sigma, "image")
+
+
+def coco_scores(candidates: Sequence[Sentence], references: Sequence[Sequence[Sentence]]
+                ) -> dict[str, tuple[float, list[float]]]:
+  """coco-caption's BLEU-1..4, ROUGE-L and CIDEr-D: `{name: (corpus, per_image)}` under
+  its names (`Bleu_1` .. `Bleu_4`, `ROUGE_L`, `CIDEr`). BLEU and CIDEr-D share one
+  n-gram count of the sentences (`bleu`, `rouge_l` and `cider_d` give the same values)."""
+  _check(candidates, references)
+  batch = _Ngrams(_sentences(candidates, references), {})
+  corpus_bleu, image_bleu = _bleu(batch, references, 4)
+  out = {f"Bleu_{k + 1}": (corpus_bleu[k], image_bleu[k]) for k in range(4)}
+  out["ROUGE_L"] = rouge_l(candidates, references)
+  cider = _cider_own_df(batch, references, 4, 6.0)
+  out["CIDEr"] = (float(np.mean(cider)), cider.tolist())
+  return out

@@ -200,15 +200,15 @@ def evaluate_captions(references: Mapping[Any, Sequence[str]],
 
   metrics: dict[str, float] = {}
   per_image: dict[str, dict[str, float]] = {k: {} for k in ids}
-  corpus_bleu, image_bleu = caption_metrics.bleu(cands, refs)
-  results = [(f"Bleu_{k + 1}", corpus_bleu[k], image_bleu[k]) for k in range(4)]
+  scores = caption_metrics.coco_scores(cands, refs)
+  results = [(f"Bleu_{k + 1}", *scores[f"Bleu_{k + 1}"]) for k in range(4)]
   if meteor:
     reason = meteor_unavailable()
     if reason:
       raise InputError(f"METEOR was asked for but cannot run: {reason}")
     results.append(("METEOR", *_meteor(refs, cands)))
-  results.append(("ROUGE_L", *caption_metrics.rouge_l(cands, refs)))
-  results.append(("CIDEr", *caption_metrics.cider_d(cands, refs)))
+  results.append(("ROUGE_L", *scores["ROUGE_L"]))
+  results.append(("CIDEr", *scores["CIDEr"]))
   if spice:
     reason = spice_unavailable()
     if reason:

@@ -95,11 +95,17 @@ def attend(keys: jax.Array, query: jax.Array, values: jax.Array, mask: jax.Array
            score: nn.Module) -> tuple[jax.Array, jax.Array]:
   """Additive (Bahdanau) attention: `alpha = softmax(w^T tanh(keys + query))`.
 
-  keys `[B, K, A]` (the regions already projected), query `[B, A]` (the state
-  projected), values `[B, K, D]`, mask `<bool>[B, K]`; `score` maps A -> 1.
-  Returns `(context [B, D], alpha [B, K])`.
+  keys `[B, R, A]` (the R regions already projected), query `[N, A]` (the state
+  projected), values `[B, R, D]`, mask `<bool>[B, R]`; `score` maps A -> 1. N is B,
+  or a multiple of B when each image has N / B hypotheses (rows `b * N/B ...` of the
+  query belong to image b: beam search's layout, with the image in `decoding.Shared`),
+  which then share one copy of the image's keys and values.
+  Returns `(context [N, D], alpha [N, R])`.
   """
-  logits = score(jnp.tanh(keys + query[:, None, :]))[..., 0]
-  logits = jnp.where(mask, logits, -1e9)
+  b, n = keys.shape[0], query.shape[0]
+  query = query.reshape(b, n // b, query.shape[-1])  # [B, N/B, A]
+  logits = score(jnp.tanh(keys[:, None] + query[:, :, None]))[..., 0]  # [B, N/B, R]
+  logits = jnp.where(mask[:, None], logits, -1e9)
   alpha = jax.nn.softmax(logits, axis=-1)
-  return jnp.einsum("bk,bkd->bd", alpha, values), alpha
+  context = jnp.einsum("bnr,brd->bnd", alpha, values)
+  return context.reshape(n, values.shape[-1]), alpha.reshape(n, keys.shape[1])

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmzoo import decoding
 from mmzoo.models.captioner import Captioner, attend
 from mmzoo.nn import recurrent, vision
 
@@ -43,12 +44,14 @@ class ShowAttendTell(Captioner):
     mask = features.mask
     count = jnp.maximum(mask.sum(-1, keepdims=True), 1).astype(jnp.float32)
     mean = jnp.sum(features.regions * mask[..., None], axis=1) / count
+    image = {"regions": features.regions, "keys": self.w_a(features.regions), "mask": mask}
     return {"h": jnp.tanh(self.init_h(mean)), "c": jnp.tanh(self.init_c(mean)),
-            "regions": features.regions, "keys": self.w_a(features.regions), "mask": mask}
+            "image": decoding.Shared(image)}
 
   def step(self, state, tokens: jax.Array, deterministic: bool = True):
     h, c = state["h"], state["c"]
-    z, alpha = attend(state["keys"], self.w_h(h), state["regions"], state["mask"], self.score)
+    image = state["image"].value
+    z, alpha = attend(image["keys"], self.w_h(h), image["regions"], image["mask"], self.score)
     beta = jax.nn.sigmoid(self.f_beta(h)) if self.gate else jnp.ones((h.shape[0], 1))
     z = beta * z
     y = self.embed(tokens)
