@@ -87,6 +87,7 @@ def test_smoke_configs_train_and_evaluate(module, variant, data_dir, tmp_path):
 
 def test_doubly_stochastic_regulariser_and_scheduled_sampling(data_dir):
   config = _config(show_attend_tell, data_dir)
+  config.loss.doubly_stochastic = 0.7
   config.loss.scheduled_sampling_max = 0.25
   config.loss.scheduled_sampling_every = 10
   config.loss.scheduled_sampling_increase = 0.1
@@ -99,14 +100,17 @@ def test_doubly_stochastic_regulariser_and_scheduled_sampling(data_dir):
   reg_sum, reg_count = metrics["attention_reg"]
   nll_sum, count = metrics["loss"]
   np.testing.assert_allclose(loss, nll_sum / count + reg_sum / reg_count, rtol=1e-5)
-  # The regulariser by hand: lambda * mean over captions of sum_i (1 - sum_t alpha_ti)^2.
+  # Both terms per word of the batch (the paper's per-caption sum NLL + lambda * penalty,
+  # divided by the number of words).
+  assert float(reg_count) == float(count) == float(np.sum(batch["length"]))
+  # The regulariser by hand: lambda * sum over captions of sum_i (1 - sum_t alpha_ti)^2.
   features, _ = task._encode(params, batch["image"], train=True)
   inputs = batch["tokens"][:, :-1]
   _, aux = task.model.apply(params, features, inputs, True, method="teacher_forced")
   alpha = np.asarray(aux["attention"])
   mask = np.arange(inputs.shape[1])[None, :] < np.asarray(batch["length"])[:, None]
-  expected = np.mean([np.sum((1 - (alpha[b] * mask[b][:, None]).sum(0)) ** 2)
-                      for b in range(len(alpha))])
+  expected = np.sum([np.sum((1 - (alpha[b] * mask[b][:, None]).sum(0)) ** 2)
+                     for b in range(len(alpha))])
   np.testing.assert_allclose(reg_sum, config.loss.doubly_stochastic * expected, rtol=1e-4)
 
 

@@ -20,6 +20,7 @@ found then, named, and either stops the build or is skipped and reported
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import dataclasses
 import multiprocessing
@@ -45,9 +46,17 @@ def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
   """A pool of `workers` processes, started once (spawned: the parent may run JAX
   threads, which forking could leave deadlocked) and reused by every later build."""
   if workers not in _POOLS:
+    if not _POOLS:
+      atexit.register(_shut_pools)
     _POOLS[workers] = concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"))
   return _POOLS[workers]
+
+
+def _shut_pools() -> None:
+  """Stops the idle workers before the interpreter tears its modules down."""
+  while _POOLS:
+    _POOLS.popitem()[1].shutdown(wait=True, cancel_futures=True)
 
 
 def _parallel_map(fn: Callable, items: Iterable, workers: int) -> Iterator:

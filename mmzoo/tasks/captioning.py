@@ -208,12 +208,14 @@ class CaptioningTask:
     metrics = {"loss": (nll_sum, count)}
     weight = self.config.loss.doubly_stochastic
     if weight and "attention" in aux:
-      # lambda * sum_i (1 - sum_t alpha_ti)^2 over real words, per caption (Xu et al. eq. 14).
+      # Xu et al. eq. 14, per caption: -log P(y | a) + lambda * sum_i (1 - sum_t alpha_ti)^2,
+      # t over real words. Both terms are summed over the batch and divided by its number
+      # of words, the normalisation of the NLL above, which keeps the paper's relative
+      # weight (a per-caption penalty on a per-word NLL would weigh it ~T times more).
       coverage = jnp.sum(aux["attention"] * mask[..., None], axis=1)
-      penalty = jnp.sum(jnp.square(1.0 - coverage) * features.mask, axis=-1)
-      reg = weight * jnp.mean(penalty)
-      loss = loss + reg
-      metrics["attention_reg"] = (reg, jnp.ones((), jnp.float32))
+      penalty = weight * jnp.sum(jnp.square(1.0 - coverage) * features.mask)
+      loss = loss + penalty / count
+      metrics["attention_reg"] = (penalty, count)
     return loss, (metrics, task_state, dict(new_stats))
 
   # --- Self-critical sequence training. ---
