@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable
 
 from absl import app, flags
+from machine import busy_cpu_s
 
 # The model and batch default to mmzoo/configs/char_rnn.py's (its default `lstm` variant).
 HIDDEN = flags.DEFINE_integer("hidden_size", None, "LSTM units per layer.")
@@ -71,18 +72,6 @@ def lstm_step_flops(batch: int, seq_len: int, embed: int, hidden: int, layers: i
     forward += 2 * batch * seq_len * 4 * hidden * (in_features + hidden)
   forward += 2 * batch * seq_len * hidden * vocab
   return 3.0 * forward
-
-
-def busy_cpu_s() -> tuple[float, float]:
-  """(CPU seconds busy on the whole machine, of which this process), so far."""
-  own = sum(os.times()[:2])
-  try:
-    with open("/proc/stat") as f:
-      fields = [int(v) for v in f.readline().split()[1:]]
-  except (OSError, ValueError):
-    return own, own
-  idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-  return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), own
 
 
 def time_window(run: Callable[[int], None], steps: int,

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from machine import cpu_name, timed
 
 from mmzoo import decoding
 
@@ -202,39 +203,6 @@ def torch_search(weights: dict, h0: np.ndarray, c0: np.ndarray, beam: int):
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def busy_cpu_s() -> tuple[float, float]:
-  """(CPU seconds the whole machine was busy, of which this process), so far."""
-  own = sum(os.times()[:2])
-  try:
-    with open("/proc/stat") as f:
-      fields = [int(v) for v in f.readline().split()[1:]]
-  except (OSError, ValueError):
-    return own, own
-  idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-  return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), own
-
-
-def timed(run) -> tuple[float, float]:
-  """(milliseconds of one call, cores other processes kept busy meanwhile)."""
-  busy0, own0 = busy_cpu_s()
-  start = time.perf_counter()
-  run()
-  wall = time.perf_counter() - start
-  busy1, own1 = busy_cpu_s()
-  return wall * 1e3, max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
-
-
-def cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def main(argv):

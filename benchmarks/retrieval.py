@@ -36,6 +36,7 @@ import time
 import jax
 import numpy as np
 from absl import app, flags
+from machine import cpu_name
 
 from mmzoo.eval import retrieval
 
@@ -187,22 +188,11 @@ def _cells(seconds: float | None, jit_s: float, width: int) -> str:
   return f"{seconds:{width}.2f} | {seconds / jit_s:7.1f}x"
 
 
-def _cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def main(argv):
   del argv
   cores = os.cpu_count() or 1
   mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-  print(f"machine: {_cpu_name()}, {cores} cores, "
+  print(f"machine: {cpu_name()}, {cores} cores, "
         f"{mem_gib:.0f} GiB; python {platform.python_version()}, jax {jax.__version__} "
         f"({jax.default_backend()}: {jax.devices()[0].device_kind}), numpy {np.__version__}")
   print(f"D={DIM.value}, k={CAPTIONS.value}, float32, chunk_size={CHUNK.value}; median of "
