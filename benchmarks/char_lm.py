@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable
 
 from absl import app, flags
-from machine import busy_cpu_s
+from machine import busy_cpu_s, cpu_name
 
 # The model and batch default to mmzoo/configs/char_rnn.py's (its default `lstm` variant).
 HIDDEN = flags.DEFINE_integer("hidden_size", None, "LSTM units per layer.")
@@ -334,17 +334,6 @@ def torch_runner(s: Shape, batches: list[dict]) -> Runner:
 # --- Report ---
 
 
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown CPU"
-
-
 def mmzoo_revision() -> str:
   """The checkout's commit, and whether mmzoo/ has uncommitted changes."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -376,7 +365,7 @@ def main(argv) -> None:
   if "torch" in FRAMEWORKS.value:
     import torch
     versions += f", torch {torch.__version__} ({os.cpu_count()} threads)"
-  print(f"machine: {cpu_model()}, {os.cpu_count()} cores; python {platform.python_version()}, "
+  print(f"machine: {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}, "
         f"{versions}; jax devices {jax.devices()}; mmzoo {mmzoo_revision()}")
   print(f"model: {s.layers}-layer LSTM, hidden {s.hidden}, embed {s.embed}, "
         f"vocab {vocab}; batch {s.batch} x seq_len {s.seq_len} = {tokens} tokens/step; "
