@@ -90,8 +90,25 @@ def numpy_order_sim(images, captions, rows: int = 4):
   return scores
 
 
+def _vsepp_ranks(n: int, k: int, image_row, caption_block) -> tuple[np.ndarray, np.ndarray]:
+  """vsepp's i2t / t2i loops: an argsort per query, np.where per true item. `image_row(i)`
+  gives image i's scores against all captions ([kN]), `caption_block(i)` its k
+  captions' scores against all images ([k, N])."""
+  i2t = np.zeros(n, np.int64)
+  for i in range(n):
+    inds = np.argsort(image_row(i))[::-1]
+    i2t[i] = min(np.where(inds == j)[0][0] for j in range(k * i, k * i + k))
+  t2i = np.zeros(k * n, np.int64)
+  for i in range(n):
+    d = caption_block(i)
+    for r in range(k):
+      inds = np.argsort(d[r])[::-1]
+      t2i[k * i + r] = np.where(inds == i)[0][0]
+  return i2t, t2i
+
+
 def numpy_ranks_per_query(images, captions, k: int, sim) -> tuple[np.ndarray, np.ndarray]:
-  """vsepp's i2t / t2i loops: scores per query, argsort per query, np.where per true item.
+  """vsepp's loops with each query's scores computed when it is ranked.
 
   Cosine embeddings are normalised once, up front (vsepp's encoders return them
   normalised), so each query costs one product.
@@ -100,34 +117,16 @@ def numpy_ranks_per_query(images, captions, k: int, sim) -> tuple[np.ndarray, np
     images = images / np.linalg.norm(images, axis=1, keepdims=True)
     captions = captions / np.linalg.norm(captions, axis=1, keepdims=True)
     sim = _dot_sim
-  n = images.shape[0]
-  i2t = np.zeros(n, np.int64)
-  for i in range(n):
-    inds = np.argsort(sim(images[i:i + 1], captions)[0])[::-1]
-    i2t[i] = min(np.where(inds == j)[0][0] for j in range(k * i, k * i + k))
-  t2i = np.zeros(k * n, np.int64)
-  for i in range(n):
-    d = sim(images, captions[k * i:k * i + k]).T  # [k, N]: this image's captions as queries
-    for r in range(k):
-      inds = np.argsort(d[r])[::-1]
-      t2i[k * i + r] = np.where(inds == i)[0][0]
-  return i2t, t2i
+  return _vsepp_ranks(images.shape[0], k, lambda i: sim(images[i:i + 1], captions)[0],
+                      lambda i: sim(images, captions[k * i:k * i + k]).T)
 
 
 def numpy_ranks(images, captions, k: int, sim) -> tuple[np.ndarray, np.ndarray]:
-  """vsepp's i2t / t2i from the full score matrix: argsort per query, np.where per item."""
+  """vsepp's loops over the full score matrix, computed first."""
   scores = sim(images, captions)  # [N, kN]
-  n = images.shape[0]
-  i2t = np.zeros(n, np.int64)
-  for i in range(n):
-    inds = np.argsort(scores[i])[::-1]
-    i2t[i] = min(np.where(inds == j)[0][0] for j in range(k * i, k * i + k))
   by_caption = np.ascontiguousarray(scores.T)  # [kN, N]
-  t2i = np.zeros(k * n, np.int64)
-  for j in range(k * n):
-    inds = np.argsort(by_caption[j])[::-1]
-    t2i[j] = np.where(inds == j // k)[0][0]
-  return i2t, t2i
+  return _vsepp_ranks(images.shape[0], k, lambda i: scores[i],
+                      lambda i: by_caption[k * i:k * i + k])
 
 
 def bench(name: str, n: int, score: str, numpy_sim) -> tuple:

@@ -150,6 +150,13 @@ def _find_rows(starts: np.ndarray, lasts: np.ndarray, parent: np.ndarray,
   return np.where((lo < end) & (lasts[np.minimum(lo, top)] == last), lo, -1)
 
 
+def _idf(pairs: np.ndarray, kinds: int, ref_len: float) -> np.ndarray:
+  """coco-caption's idf, log(#images) - log(max(1, df)), of every n-gram kind, from the
+  distinct (image, n-gram) keys `image * kinds + kind` of the corpus's references."""
+  df = np.bincount(pairs % kinds, minlength=kinds).astype(np.float64)
+  return ref_len - np.log(np.maximum(1.0, df))
+
+
 def _check(candidates: Sequence[Any], references: Sequence[Sequence[Any]]) -> None:
   if len(candidates) != len(references):
     raise ValueError(f"{len(candidates)} candidates but {len(references)} reference lists")
@@ -320,9 +327,7 @@ class CiderD:
         starts.append(np.concatenate([[0], np.cumsum(np.bincount(prefix, minlength=rows))]))
         lasts.append(last)
       rows = kinds
-      pairs = _sorted_unique(image_of[sentence] * kinds + kind)  # distinct (image, n-gram)
-      df = np.bincount(pairs % kinds, minlength=kinds).astype(np.float64)
-      idf.append(ref_len - np.log(np.maximum(1.0, df)))
+      idf.append(_idf(_sorted_unique(image_of[sentence] * kinds + kind), kinds, ref_len))
     while len(idf) < n:  # no corpus sentence is that long
       starts.append(np.zeros(rows + 1, np.int64))
       lasts.append(np.zeros(0, np.int64))
@@ -353,9 +358,10 @@ class CiderD:
     known = len(self._vocabulary)  # tokens past these ids are unknown to the corpus
     found = None
 
-    def idf_of(k, kinds, prefix, last, sentence, kind):
+    def idf_of(k, order):
       # Each n-gram's row in the corpus table (or -1), and its idf.
       nonlocal found
+      kinds, prefix, last = order[:3]
       if prefix is None:
         found = np.where(last < known, last, -1)
       else:
@@ -372,9 +378,9 @@ def _cider(batch: _Ngrams, images: int, cand_list: np.ndarray, list_sizes: np.nd
            idf_of: Callable, n: int, sigma: float, list_name: str = "list") -> np.ndarray:
   """Per-image CIDEr-D of the first `images` sentences of `batch` (the candidates)
   against reference lists: the rest of `batch`, list after list, `list_sizes[l]`
-  sentences in list l; candidate i's list is `cand_list[i]`. `idf_of(k, kinds, prefix,
-  last, sentence, kind)` (the arguments of `_Ngrams.orders` at order k + 1) gives the
-  idf of each n-gram kind. `list_name` names the lists for `references_by_list`."""
+  sentences in list l; candidate i's list is `cand_list[i]`. `idf_of(k, order)`, given
+  `_Ngrams.orders`'s entry of order k + 1, gives the idf of each n-gram kind.
+  `list_name` names the lists for `references_by_list`."""
   list_start = np.cumsum(list_sizes) - list_sizes  # its first reference sentence
   ref_list = np.repeat(np.arange(len(list_sizes)), list_sizes)
   count = len(batch.lengths)
@@ -387,8 +393,8 @@ def _cider(batch: _Ngrams, images: int, cand_list: np.ndarray, list_sizes: np.nd
   sums = np.zeros((len(pair_cand), n))  # per pair and order: sum_g min(w_c, w_r) w_r
   norms = np.zeros((count, n))
   for k, order in enumerate(batch.orders(n)):
-    kinds, prefix, last, sentence, kind, tf = order
-    idf = idf_of(k, kinds, prefix, last, sentence, kind)
+    kinds, _, _, sentence, kind, tf = order
+    idf = idf_of(k, order)
     weight = tf.astype(np.float64) * idf[kind]
     norms[:, k] = np.sqrt(np.bincount(sentence, weight * weight, minlength=count))
     # Clipped dot products: each candidate n-gram meets the same n-gram in every
@@ -434,8 +440,8 @@ def cider_d(candidates: Sequence[Sentence], references: Sequence[Sequence[Senten
 def _cider_own_df(batch: _Ngrams, references: Sequence[Sequence[Sentence]], n: int,
                   sigma: float) -> np.ndarray:
   """`cider_d`'s per-image scores given the n-grams of `_sentences(candidates, references)`:
-  the document frequencies come from the same n-grams (the reference sentences'), so
-  they are counted once."""
+  the document frequencies come from the same n-grams (the reference sentences'), whose
+  keys (image, n-gram), sorted by `references_by_list`, serve the dot products too."""
   images = len(references)
   if images == 0:
     raise ValueError("the document-frequency corpus has no images")
@@ -443,11 +449,10 @@ def _cider_own_df(batch: _Ngrams, references: Sequence[Sequence[Sentence]], n: i
   owner = np.repeat(np.arange(images), sizes)
   ref_len = float(np.log(float(images)))
 
-  def idf_of(k, kinds, prefix, last, sentence, kind):
-    is_ref = sentence >= images
-    pairs = _sorted_unique(owner[sentence[is_ref] - images] * kinds + kind[is_ref])
-    df = np.bincount(pairs % kinds, minlength=kinds).astype(np.float64)
-    return ref_len - np.log(np.maximum(1.0, df))
+  def idf_of(k, order):
+    _, keys = batch.references_by_list(k, order, images, owner, "image")  # sorted
+    distinct = keys[np.concatenate([[len(keys) > 0], keys[1:] != keys[:-1]])]
+    return _idf(distinct, order[0], ref_len)
 
   # One list per image, the images' own references: the lists are BLEU's "image"s.
   return _cider(batch, images, np.arange(images), sizes, idf_of, n, sigma, "image")

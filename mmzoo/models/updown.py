@@ -37,15 +37,14 @@ class UpDown(Captioner):
     count = jnp.maximum(mask.sum(-1, keepdims=True), 1).astype(jnp.float32)
     mean = jnp.sum(features.regions * mask[..., None], axis=1) / count
     zero = jnp.zeros((mean.shape[0], self.hidden_size), jnp.float32)
-    image = {"mean": mean, "regions": features.regions, "keys": self.w_va(features.regions),
-             "mask": mask}
-    return {"att": (zero, zero), "lang": (zero, zero), "image": decoding.Shared(image)}
+    image = {"regions": features.regions, "keys": self.w_va(features.regions), "mask": mask}
+    return {"att": (zero, zero), "lang": (zero, zero), "mean": mean,
+            "image": decoding.Shared(image)}
 
   def step(self, state, tokens: jax.Array, deterministic: bool = True):
     h2, image = state["lang"][0], state["image"].value
     x = self.dropout(self.embed(tokens), deterministic=deterministic)
-    mean = jnp.repeat(image["mean"], h2.shape[0] // image["mean"].shape[0], axis=0)
-    h1, c1 = self.attention_lstm(jnp.concatenate([h2, mean, x], -1), state["att"])
+    h1, c1 = self.attention_lstm(jnp.concatenate([h2, state["mean"], x], -1), state["att"])
     v_hat, alpha = attend(image["keys"], self.w_ha(h1), image["regions"], image["mask"],
                           self.w_a)
     h2, c2 = self.language_lstm(jnp.concatenate([v_hat, h1], -1), state["lang"])

@@ -530,9 +530,9 @@ def from_torch(state_dict: Mapping[str, Any], cell: CellKind, num_layers: int,
   if cell not in NUM_GATES:
     raise ValueError(f"unknown cell {cell!r}; expected one of {sorted(NUM_GATES)}")
   gates = NUM_GATES[cell]
+  what = f"{num_layers}-layer {'bidirectional ' if bidirectional else ''}{cell}"
   if "weight_hh_l0" not in state_dict:
-    raise ValueError(f"state dict lacks ['weight_hh_l0'] for a {num_layers}-layer "
-                     f"{'bidirectional ' if bidirectional else ''}{cell}")
+    raise ValueError(f"state dict lacks ['weight_hh_l0'] for a {what}")
   w_hh0 = np.asarray(state_dict["weight_hh_l0"])
   hidden_size = w_hh0.shape[1]
   if w_hh0.shape[0] != gates * hidden_size:
@@ -543,8 +543,7 @@ def from_torch(state_dict: Mapping[str, Any], cell: CellKind, num_layers: int,
               for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
   extra = sorted(set(state_dict) - expected)
   if extra:
-    raise ValueError(f"state dict has keys {extra} that a {num_layers}-layer "
-                     f"{'bidirectional ' if bidirectional else ''}{cell} does not use "
+    raise ValueError(f"state dict has keys {extra} that a {what} does not use "
                      "(projections via proj_size are not supported)")
   params = {}
   width = gates * hidden_size
@@ -556,17 +555,15 @@ def from_torch(state_dict: Mapping[str, Any], cell: CellKind, num_layers: int,
                for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
       missing = [v for v in names.values() if v not in state_dict]
       if missing:
-        raise ValueError(f"state dict lacks {missing} for a {num_layers}-layer "
-                         f"{'bidirectional ' if bidirectional else ''}{cell}")
+        raise ValueError(f"state dict lacks {missing} for a {what}")
       layer_in = in_features if layer == 0 else hidden_size * (2 if bidirectional else 1)
       shapes = {"weight_ih": (width, layer_in), "weight_hh": (width, hidden_size),
                 "bias_ih": (width,), "bias_hh": (width,)}
       for n, shape in shapes.items():
         got = np.shape(state_dict[names[n]])
         if got != shape:
-          raise ValueError(f"{names[n]} has shape {got}; a {num_layers}-layer "
-                           f"{'bidirectional ' if bidirectional else ''}{cell} with hidden "
-                           f"size {hidden_size} and {in_features} input features needs {shape}")
+          raise ValueError(f"{names[n]} has shape {got}; a {what} with hidden size "
+                           f"{hidden_size} and {in_features} input features needs {shape}")
       params[key] = {
           "w_ih": jnp.asarray(np.asarray(state_dict[names["weight_ih"]]).T),
           "w_hh": jnp.asarray(np.asarray(state_dict[names["weight_hh"]]).T),
