@@ -1,6 +1,7 @@
 r"""Captions image files with a trained captioner, optionally drawing its attention.
 
-  python launch/caption_images.py --workdir=W [--beam_size=K] [--attention_dir=D] FILE...
+  python launch/caption_images.py --workdir=W [--beam_size=K | --temperature=T]
+      [--checkpoint=best|latest] [--attention_dir=D] FILE...
 
 Any size and mode Pillow reads is accepted (images are converted to RGB and
 resized as in training). Prints `FILE: caption` per image. With
@@ -24,7 +25,10 @@ from mmzoo.errors import InputError
 from mmzoo.train import loop
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained captioning workdir.", required=True)
-_BEAM = flags.DEFINE_integer("beam_size", None, "Beam width (1 = greedy); default the config's.")
+_CHECKPOINT = flags.DEFINE_enum(
+    "checkpoint", None, ["best", "latest"],
+    "Which checkpoints to read; default the best when the run kept one, else the latest.")
+_DECODING = common.decoding_flags()
 _ATTENTION_DIR = flags.DEFINE_string("attention_dir", None,
                                      "Write one attention figure per image here.")
 
@@ -58,8 +62,8 @@ def main(argv):
   files = argv[1:]
   if not files:
     raise InputError("give one or more image files to caption")
-  overrides = {"eval.beam_size": _BEAM.value} if _BEAM.value is not None else {}
-  task, params, _ = loop.restore_workdir(_WORKDIR.value, tasks.build, None, None, overrides)
+  task, params, _ = loop.restore_workdir(_WORKDIR.value, tasks.build, None, _CHECKPOINT.value,
+                                         _DECODING())
   if not hasattr(task, "decode_method"):
     raise InputError(f"{_WORKDIR.value}: holds a {task.config.task} model, not a captioner")
   if task.precomputed:

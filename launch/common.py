@@ -53,6 +53,32 @@ class _DropLibraryChatter:
     return record.levelno > 20 or "/orbax/" not in record.pathname
 
 
+def decoding_flags():
+  """Defines the captioning decoding flags; returns a function giving their config overrides.
+
+  --beam_size (1 = greedy), or --temperature > 0 to sample (with --top_k, --top_p,
+  --seed); unset flags keep the checkpoint's config.
+  """
+  from absl import flags
+
+  defined = {
+      "beam_size": flags.DEFINE_integer(
+          "beam_size", None, "Captioning: beam width (1 = greedy); default the config's."),
+      "temperature": flags.DEFINE_float(
+          "temperature", None, "Captioning: > 0 samples one caption per image at this "
+          "temperature instead of searching."),
+      "top_k": flags.DEFINE_integer("top_k", None, "Sampling: keep the k likeliest words."),
+      "top_p": flags.DEFINE_float("top_p", None, "Sampling: nucleus probability mass."),
+      "seed": flags.DEFINE_integer("seed", None, "Sampling: the noise's seed."),
+  }
+
+  def overrides() -> dict:
+    return {f"eval.{name}": flag.value for name, flag in defined.items()
+            if flag.value is not None}
+
+  return overrides
+
+
 def run(main, positional: bool = False) -> None:
   """`app.run(main)`, printing input problems as one line and exiting 1.
 

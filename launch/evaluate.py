@@ -1,6 +1,8 @@
 r"""Evaluates a trained workdir, rebuilding config, vocabulary and params from it alone.
 
   python launch/evaluate.py --workdir=W [--split=validation] [--step=N] [--checkpoint=best|latest]
+  python launch/evaluate.py --workdir=W --beam_size=3          # captioning: beam search
+  python launch/evaluate.py --workdir=W --temperature=0.7 --top_p=0.9   # captioning: sampling
 
 Prints one JSON object of the task's metrics and writes it to
 W/eval/<split>_step<N>.json.
@@ -24,8 +26,7 @@ _CHECKPOINT = flags.DEFINE_enum(
     "Which checkpoints to read; default the best when the run kept one, else the latest.")
 
 
-_BEAM = flags.DEFINE_integer("beam_size", None, "Captioning: beam width (1 = greedy); "
-                             "default the config's.")
+_DECODING = common.decoding_flags()
 
 
 _SUBSET = flags.DEFINE_enum("subset", None, ["all", "relations"],
@@ -35,7 +36,7 @@ _SUBSET = flags.DEFINE_enum("subset", None, ["all", "relations"],
 def main(argv):
   del argv
   common.initialize_distributed()
-  overrides = {"eval.beam_size": _BEAM.value} if _BEAM.value is not None else {}
+  overrides = _DECODING()
   if _SUBSET.value is not None:
     overrides["eval.subset"] = _SUBSET.value
   task, params, step = loop.restore_workdir(_WORKDIR.value, tasks.build, _STEP.value,

@@ -85,6 +85,38 @@ def test_smoke_configs_train_and_evaluate(module, variant, data_dir, tmp_path):
   assert np.isfinite(list(results.values())).all()
 
 
+def test_sampled_evaluation_is_seeded_and_cold_sampling_is_greedy(data_dir):
+  config = _config(show_tell, data_dir)
+  config.eval.batch_size = 8  # 4 batches over the 32 validation images.
+  task = tasks.build(config)
+  params = task.init_params(jax.random.PRNGKey(1))
+  # Larger weights than init's: captions that differ between images instead of eos at once.
+  params = jax.tree.map(lambda x: x * 4.0, params)
+  mesh = task.mesh
+
+  def predictions(**eval_overrides):
+    for key, value in eval_overrides.items():
+      task.config.eval[key] = value
+    # The jitted decoder reads the config when traced: trace it again for the new one.
+    task._decode = jax.jit(task._decode_impl, static_argnames=("method",))
+    task._predictions_cache = None
+    return task.caption_predictions(params, mesh)[1]
+
+  greedy = predictions(beam_size=1, temperature=0.0)
+  assert len(set(greedy.values())) > 1  # Not one caption for all: the check below can fail.
+  assert task.decode_method() == "greedy"
+  # A near-zero temperature puts all the mass on the argmax: sampling is then greedy.
+  assert predictions(temperature=1e-4) == greedy
+  assert task.decode_method() == "sample"
+  hot = predictions(temperature=2.0, seed=0)
+  assert predictions(temperature=2.0, seed=0) == hot
+  assert predictions(temperature=2.0, seed=1) != hot
+  assert hot != greedy
+  # Each batch draws its own noise: the batches' samples are not copies of each other.
+  values = list(hot.values())
+  assert values[:8] != values[8:16]
+
+
 def test_doubly_stochastic_regulariser_and_scheduled_sampling(data_dir):
   config = _config(show_attend_tell, data_dir)
   config.loss.doubly_stochastic = 0.7

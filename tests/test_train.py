@@ -323,3 +323,22 @@ def test_state_shardings_split_only_the_task_state():
   for leaf in jax.tree.leaves((shardings.params, shardings.opt_state, shardings.rng)):
     assert leaf.is_fully_replicated
   assert abstract.params["w"].shape == (4,)
+
+
+def test_learning_rate_schedules_by_hand():
+  from mmzoo.train import optim
+
+  def rates(**fields):
+    config = ml_collections.ConfigDict({"learning_rate": 1.0, "warmup_steps": 0, **fields})
+    schedule = optim.learning_rate_schedule(config, 100)
+    return [float(schedule(step)) for step in (0, 10, 49, 50, 99)]
+
+  np.testing.assert_allclose(rates(schedule="constant"), [1, 1, 1, 1, 1])
+  cosine = [0.5 * (1 + np.cos(np.pi * s / 100)) for s in (0, 10, 49, 50, 99)]
+  np.testing.assert_allclose(rates(schedule="cosine"), cosine, rtol=1e-6, atol=1e-7)
+  # VSE++'s drop: x0.1 from step 50 on, on top of the schedule.
+  dropped = [c * (0.1 if s >= 50 else 1.0) for c, s in zip(cosine, (0, 10, 49, 50, 99))]
+  np.testing.assert_allclose(rates(schedule="cosine", drop_step=50, drop_factor=0.1), dropped, atol=1e-7,
+                             rtol=1e-6)
+  # Linear warm-up to the peak over 20 steps, then the schedule.
+  np.testing.assert_allclose(rates(schedule="constant", warmup_steps=20)[:2], [0.0, 0.5])

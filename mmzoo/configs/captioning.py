@@ -105,6 +105,12 @@ def get_config(arg: str | None, *, model: str) -> ml_collections.ConfigDict:
   # prefers short generic captions, which CIDEr-D's length penalty punishes (Show Attend
   # and Tell, test, beam 3: CIDEr-D 1.306 with "none", 1.484 with "average"; greedy 1.324).
   config.eval.length_penalty = "average"
+  # > 0: sample captions at this temperature (with top_k / top_p, from seed) instead of
+  # searching; one caption per image, as SCST draws them.
+  config.eval.temperature = 0.0
+  config.eval.top_k = 0  # Sampling: keep the k likeliest words; 0 = all.
+  config.eval.top_p = 1.0  # Sampling: nucleus mass; 1 = all.
+  config.eval.seed = 0  # Sampling: the noise's seed.
   config.eval.groups = 1  # Diverse beam search groups (beam_size must divide by it).
   config.eval.diversity_strength = 0.5  # Diverse beam search: Hamming penalty lambda.
   config.eval.max_images = 1000  # Images per evaluated split; 0 = all.

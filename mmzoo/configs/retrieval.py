@@ -63,7 +63,7 @@ def get_config(arg: str | None, *, max_violation: bool, space: str) -> ml_collec
   config.loss.margin = 0.05 if space == "order" else 0.2  # Hinge margin alpha.
   config.loss.max_violation = max_violation  # Hardest negative only (VSE++), else sum.
   # VSE++ from random init: the sum over negatives for this many steps first (0 = never).
-  config.loss.max_violation_warmup = 500 if max_violation else 0
+  config.loss.max_violation_warmup = 2000 if max_violation else 0
   # shapes: a caption true of another image of the batch is no negative of it (the world
   # repeats descriptions, so "the box is red" fits many images; a hardest negative that
   # is in fact a match makes VSE++ collapse).
@@ -77,6 +77,11 @@ def get_config(arg: str | None, *, max_violation: bool, space: str) -> ml_collec
   config.optimizer.warmup_steps = 100  # Linear warm-up steps.
   config.optimizer.decay_rate = 0.1  # exponential: factor per decay_steps.
   config.optimizer.decay_steps = 15000  # exponential: steps per decay.
+  # x drop_factor from drop_step on (0 = no drop). VSE++ here drops tenfold when it switches
+  # to hardest negatives: at the full rate they pull the space into one cone within ~100
+  # steps (every caption at cosine > 0.99 to every other).
+  config.optimizer.drop_step = 2000 if max_violation else 0
+  config.optimizer.drop_factor = 0.1
   config.optimizer.weight_decay = 0.0  # adamw only.
   config.optimizer.clip_norm = 2.0  # Global-norm gradient clipping (VSE++'s grad_clip).
   config.optimizer.clip_value = 0.0  # Per-entry clipping; 0 disables.
@@ -109,6 +114,7 @@ def get_config(arg: str | None, *, max_violation: bool, space: str) -> ml_collec
     config.data.min_count = 4
     config.optimizer.learning_rate = 2e-4
     config.loss.max_violation_warmup = 0  # Pretrained features: as VSE++ trains.
+    config.optimizer.drop_step = 0
   if "smoke" in variants:
     config.data.shapes_sizes = (96, 32, 32)
     config.data.batch_size = 16
@@ -120,6 +126,7 @@ def get_config(arg: str | None, *, max_violation: bool, space: str) -> ml_collec
     config.model.text_hidden = 16
     config.optimizer.warmup_steps = 2
     config.loss.max_violation_warmup = 4 if max_violation else 0
+    config.optimizer.drop_step = 4 if max_violation else 0
     config.train.num_steps = 12
     config.train.log_every = 4
     config.train.eval_every = 6

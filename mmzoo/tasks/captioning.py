@@ -18,6 +18,7 @@ relations in the scene?).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 
@@ -318,13 +319,19 @@ class CaptioningTask:
 
     return step
 
-  def _decode_impl(self, params, images, method: str):
+  def _decode_impl(self, params, images, batch_index=0, *, method: str):
+    """`(sequences, aux)` of one batch; `batch_index` varies the sampling noise by batch."""
     e = self.config.eval
     features, _ = self._encode(params, images, train=False)
     state = self.model.apply(params, features, method="init_state")
     batch_size, max_len, step_fn = images.shape[0], self.config.data.max_len, self._step_fn(params)
     if method == "greedy":
       out = decoding.greedy(step_fn, state, batch_size, max_len)
+      return out.sequences, out.aux
+    if method == "sample":
+      rng = jax.random.fold_in(jax.random.PRNGKey(e.get("seed", 0)), batch_index)
+      out = decoding.sample(step_fn, state, rng, batch_size, max_len, e.temperature,
+                            e.get("top_k", 0), e.get("top_p", 1.0))
       return out.sequences, out.aux
     if method == "beam":
       out = decoding.beam_search(step_fn, state, batch_size, e.beam_size, max_len,
@@ -343,6 +350,8 @@ class CaptioningTask:
 
   def decode_method(self) -> str:
     e = self.config.eval
+    if e.get("temperature", 0.0) > 0:
+      return "sample"
     if e.beam_size <= 1:
       return "greedy"
     return "diverse" if e.get("groups", 1) > 1 else "beam"
@@ -372,9 +381,10 @@ class CaptioningTask:
     source = self.split(split)
     method = self.decode_method()
     transform = lambda record, rng: {"image": self._pixels(record, None, False)}  # noqa: E731
+    batches = itertools.count()
     sequences = common.map_split(
         source, transform, self.config.eval.batch_size, mesh,
-        lambda batch: self._decode(params, batch["image"], method=method)[0])
+        lambda batch: self._decode(params, batch["image"], next(batches), method=method)[0])
     references, predictions = {}, {}
     for i, seq in enumerate(sequences):
       record = source[i]

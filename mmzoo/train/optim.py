@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-  """Linear warm-up to `learning_rate`, then constant, cosine or exponential decay."""
+  """Linear warm-up to `learning_rate`, then constant, cosine or exponential decay.
+
+  `drop_step` > 0 multiplies the rate by `drop_factor` from that step on (VSE++'s
+  tenfold drop; there it coincides with the switch to hardest negatives).
+  """
   lr, warmup = config.learning_rate, config.get("warmup_steps", 0)
   if config.schedule == "constant":
     decay = optax.constant_schedule(lr)
@@ -18,9 +23,13 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) ->
     decay = optax.exponential_decay(lr, config.decay_steps, config.decay_rate)
   else:
     raise ValueError(f"unknown schedule {config.schedule!r}")
-  if not warmup:
-    return decay
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+  schedule = (decay if not warmup else optax.join_schedules(
+      [optax.linear_schedule(0.0, lr, warmup), decay], [warmup]))
+  drop = config.get("drop_step", 0)
+  if not drop:
+    return schedule
+  factor = config.get("drop_factor", 0.1)
+  return lambda step: schedule(step) * jnp.where(step < drop, 1.0, factor)
 
 
 def make_optimizer(config: ml_collections.ConfigDict, num_steps: int,
