@@ -337,8 +337,9 @@ def test_learning_rate_schedules_by_hand():
   cosine = [0.5 * (1 + np.cos(np.pi * s / 100)) for s in (0, 10, 49, 50, 99)]
   np.testing.assert_allclose(rates(schedule="cosine"), cosine, rtol=1e-6, atol=1e-7)
   # VSE++'s drop: x0.1 from step 50 on, on top of the schedule.
-  dropped = [c * (0.1 if s >= 50 else 1.0) for c, s in zip(cosine, (0, 10, 49, 50, 99))]
-  np.testing.assert_allclose(rates(schedule="cosine", drop_step=50, drop_factor=0.1), dropped, atol=1e-7,
-                             rtol=1e-6)
+  steps = (0, 10, 49, 50, 99)
+  dropped = [c * (0.1 if s >= 50 else 1.0) for c, s in zip(cosine, steps, strict=True)]
+  np.testing.assert_allclose(rates(schedule="cosine", drop_step=50, drop_factor=0.1), dropped,
+                             rtol=1e-6, atol=1e-7)
   # Linear warm-up to the peak over 20 steps, then the schedule.
   np.testing.assert_allclose(rates(schedule="constant", warmup_steps=20)[:2], [0.0, 0.5])
