@@ -42,6 +42,12 @@ def test_smoke_configs_train_and_evaluate(module, data_dir, tmp_path):
   assert step == 4
   again = restored.evaluate(params, restored.mesh)
   np.testing.assert_allclose(again["rsum"], results["rsum"], rtol=1e-5)
+  # Both spaces are unit-norm (order embeddings as in Vendrov et al.'s code); order's is
+  # also non-negative, so no caption can sit at the origin that every image dominates.
+  for emb in (restored.encode_text(params, ["the box is red", "a small circle"]),
+              restored.split_images(params, "validation")):
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, rtol=1e-5)
+    assert (emb >= 0).all() == (module is order)
 
 
 def test_task_loss_on_8_devices_uses_the_global_batch(data_dir):

@@ -7,8 +7,11 @@
 - Faghri, Fleet, Kiros, Fidler 2018, "VSE++": the same model trained on the
   hardest negative of each query (max violation).
 - Vendrov, Kiros, Fidler, Urtasun 2016, "Order-Embeddings of Images and
-  Language": the embeddings are made non-negative (absolute value) and compared
-  by the order-violation penalty E(x, y) = ||max(0, y - x)||^2 instead of cosine.
+  Language": the embeddings are L2-normalised and made non-negative (absolute
+  value), as in the paper's code, and compared by the order-violation penalty
+  E(x, y) = ||max(0, y - x)||^2 instead of cosine. Without the normalisation a
+  caption can shrink towards the origin, which every image dominates (E = 0):
+  it then tops every image's ranking.
 
 The model is params + pure functions: `embed_images` and `embed_captions`
 map each side into the joint space; the losses live in `mmzoo.losses`.
@@ -43,8 +46,8 @@ class JointEmbedding(nn.Module):
     text_kind / word_dim / text_hidden / text_pooling: the sentence encoder
       (`text.SentenceEncoder`); its output is mapped linearly to `embed_dim`
       unless it already has that size (VSE++ uses the GRU state as it is).
-    space: "cosine" (L2-normalised, VSE/VSE++) or "order" (absolute value,
-      order embeddings).
+    space: "cosine" (L2-normalised, VSE/VSE++) or "order" (L2-normalised, then
+      absolute value: order embeddings).
   """
 
   vocab_size: int
@@ -72,7 +75,7 @@ class JointEmbedding(nn.Module):
 
   def _to_space(self, x: jax.Array) -> jax.Array:
     if self.space == "order":
-      return jnp.abs(x)
+      return jnp.abs(l2_normalize(x))
     if self.space == "cosine":
       return l2_normalize(x)
     raise ValueError(f"unknown space {self.space!r}; use cosine or order")

@@ -249,9 +249,9 @@ class RetrievalTask:
     return order, np.take_along_axis(scores, order, axis=1)
 
   def to_space(self, x: np.ndarray) -> np.ndarray:
-    """Projects a sum of joint-space vectors back into the space (unit norm / non-negative)."""
+    """Projects a sum of joint-space vectors back into the space (unit norm, non-negative)."""
     if self.config.model.space == "order":
-      return np.maximum(x, 0.0)
+      x = np.maximum(x, 0.0)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
 
   def arithmetic(self, params, image_vector: np.ndarray, terms: list[tuple[str, str]]
