@@ -51,7 +51,7 @@ def attention_figure(pixels: np.ndarray, words: list[str], attention: np.ndarray
     heat = heat / max(float(heat.max()), 1e-8)
     mask = Image.fromarray(np.uint8(heat * 255)).resize((cell, cell), Image.Resampling.BILINEAR)
     dark = Image.new("RGB", (cell, cell), "black")
-    panel = Image.composite(base, dark, mask.point(lambda v: int(40 + 215 * v / 255)))
+    panel = Image.composite(base, dark, mask)
     x = (i + 1) * (cell + 4)
     canvas.paste(panel, (x, 0))
     draw.text((x + 2, cell + 4), word, fill="black")
