@@ -18,6 +18,9 @@ PyTorch runs on `os.cpu_count()` threads.
 
   python benchmarks/rnn_layer.py                # < 1 minute on 2 cores
   python benchmarks/rnn_layer.py --reps=50 --cells=lstm
+  # One XLA device per core, the batch split between them (as the launchers run on CPU):
+  XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false" \
+      python benchmarks/rnn_layer.py
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 from absl import app, flags
 
 from mmzoo.nn.recurrent import from_torch
+from mmzoo.train import parallel
 
 CELLS = flags.DEFINE_list("cells", ["lstm", "gru"], "Which layers to time (lstm, gru, rnn).")
 INPUT = flags.DEFINE_integer("input_size", 512, "Input features.")
@@ -70,17 +74,21 @@ def _mmzoo_fn(cell: str, state_dict, x: np.ndarray, proj: np.ndarray):
   module, params = from_torch(state_dict, cell, num_layers=1)
   if UNROLL.value is not None:
     module = module.clone(unroll=UNROLL.value)
-  proj = jnp.asarray(proj)
+  # Data parallel over every device (one per core with the flags in the docstring): the
+  # batch is split on the mesh's 'data' axis, the weights replicated.
+  mesh = parallel.make_mesh()
+  x = jax.device_put(x, parallel.batch_sharding(mesh))
+  proj = jax.device_put(proj, parallel.batch_sharding(mesh))
+  params = jax.device_put(params, parallel.replicated(mesh))
 
-  def loss(params, x):
+  def loss(params, x, proj):
     out, _ = module.apply({"params": params}, x)
     return jnp.sum(out * proj)
 
   grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-  x = jnp.asarray(x)
 
   def run():
-    return jax.block_until_ready(grad(params, x))
+    return jax.block_until_ready(grad(params, x, proj))
 
   return run, module.unroll
 
@@ -114,7 +122,8 @@ def main(argv):
   if torch is not None:
     torch.set_num_threads(num_threads)
   print(f"machine: {platform.processor() or platform.machine()}, {num_threads} cores; "
-        f"jax {jax.__version__} ({jax.default_backend()})"
+        f"jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} devices, "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})"
         + (f", torch {torch.__version__}" if torch is not None else ""))
   print(f"shape: input {INPUT.value}, hidden {HIDDEN.value}, batch {BATCH.value}, "
         f"{STEPS.value} steps, float32; forward + backward; median of {REPS.value} calls "
