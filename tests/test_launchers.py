@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 from conftest import REPO, corpus_text, launcher, launcher_env
 
@@ -158,6 +159,25 @@ def test_train_smoke_variants(config, corpus, tmp_path):
   results = validation_json(r.stdout)
   assert 0 < results["loss"] < 10
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["4"]
+
+
+def test_cpu_devices_split_the_cpu_and_train_the_same(trained, tmp_path):
+  """--cpu_devices=2: two single-threaded CPU devices, data-parallel, the 1-device losses."""
+  workdir = str(tmp_path / "w")
+  args = [a.replace(trained[0], workdir) for a in trained[2]] + ["--cpu_devices=2"]
+  env = launcher_env(1)
+  del env["XLA_FLAGS"]
+  r = subprocess.run(launcher("char_rnn") + args, env=env, capture_output=True, text=True,
+                     timeout=300, cwd=REPO)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "training on 2 devices" in r.stderr
+  split = [m["loss"] for m in _metrics(workdir) if m["split"] == "train"]
+  single = [m["loss"] for m in _metrics(trained[0]) if m["split"] == "train"]
+  np.testing.assert_allclose(split, single, rtol=1e-5)
+  # Two ways of setting the device count at once are refused, in one line.
+  r = run("char_rnn", *args)
+  assert r.returncode != 0
+  assert "--cpu_devices and XLA_FLAGS" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_rerun_of_finished_workdir_resumes(trained, tmp_path):
