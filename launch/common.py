@@ -21,7 +21,7 @@ HEARTBEAT = flags.DEFINE_integer(
 CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 0, "CPU hosts: split the CPU into this many single-threaded XLA devices "
     "(one per core) and run data-parallel over them; 0 keeps one device on all cores. On "
-    "2 cores, 2 trains the default char model 1.35x faster (benchmarks/RESULTS.md).")
+    "2 cores, 2 trains the default char model 1.2-1.4x faster (benchmarks/RESULTS.md).")
 
 
 def split_cpu(devices: int) -> None:
