@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from machine import cpu_name, timed
+from machine import alternating, cpu_name
 
 from mmzoo import decoding
 
@@ -232,17 +232,7 @@ def main(argv):
     for run in runs.values():
       for _ in range(WARMUP.value):
         run()
-    times = {name: [] for name in runs}
-    others = {name: [] for name in runs}
-    rounds = max(1, min(ROUNDS.value, REPS.value))
-    for r in range(rounds):
-      block = REPS.value // rounds + (r < REPS.value % rounds)
-      for name, run in runs.items():
-        run()  # untimed: lets the other framework's threads go idle first
-        for _ in range(block):
-          ms, busy = timed(run)
-          times[name].append(ms)
-          others[name].append(busy)
+    times, others = alternating(runs, REPS.value, ROUNDS.value)
     row = {"beam": beam, "compile_s": compile_s, "steps": results["mmzoo"][2]}
     for name in runs:
       row[name] = statistics.median(times[name])

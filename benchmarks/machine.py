@@ -44,3 +44,26 @@ def timed(run: Callable[[], object]) -> tuple[float, float]:
   wall = time.perf_counter() - start
   busy1, own1 = busy_cpu_s()
   return wall * 1e3, max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
+
+
+def alternating(runs: dict[str, Callable[[], object]], reps: int, rounds: int
+                ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+  """Times `reps` calls of every run, in `rounds` blocks that alternate between the runs.
+
+  A slow spell of a shared machine then hits every run, and each block starts after
+  one untimed call, so that no timed call follows the other framework's (whose
+  worker threads may still be spinning). Returns `(milliseconds, other processes'
+  busy cores)`, one list per run.
+  """
+  times = {name: [] for name in runs}
+  others = {name: [] for name in runs}
+  rounds = max(1, min(rounds, reps))
+  for r in range(rounds):
+    block = reps // rounds + (r < reps % rounds)
+    for name, run in runs.items():
+      run()  # untimed: lets the other framework's threads go idle first
+      for _ in range(block):
+        ms, busy = timed(run)
+        times[name].append(ms)
+        others[name].append(busy)
+  return times, others

@@ -28,12 +28,12 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from machine import alternating
 
 from mmzoo.nn.recurrent import from_torch
 from mmzoo.train import parallel
@@ -110,12 +110,6 @@ def _torch_fn(cell: str, state_dict, x: np.ndarray, proj: np.ndarray):
   return run
 
 
-def _time(run) -> float:
-  start = time.perf_counter()
-  run()
-  return (time.perf_counter() - start) * 1e3
-
-
 def main(argv):
   del argv
   num_threads = os.cpu_count() or 1
@@ -144,13 +138,7 @@ def main(argv):
     for run in runs.values():  # compiles, then warms up
       for _ in range(WARMUP.value + 1):
         run()
-    times = {name: [] for name in runs}
-    rounds = max(1, min(ROUNDS.value, REPS.value))
-    for r in range(rounds):
-      block = REPS.value // rounds + (r < REPS.value % rounds)
-      for name, run in runs.items():
-        run()  # untimed: lets the other framework's threads go idle first
-        times[name] += [_time(run) for _ in range(block)]
+    times, _ = alternating(runs, REPS.value, ROUNDS.value)
     med = {name: statistics.median(t) for name, t in times.items()}
     rows.append((f"{cell} (unroll={unroll})", med.get("mmzoo"), med.get("torch")))
 
