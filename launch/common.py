@@ -42,7 +42,6 @@ def split_cpu(devices: int) -> None:
 
 
 def initialize_distributed() -> None:
-  split_cpu(CPU_DEVICES.value)
   parallel.initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value,
                                   HEARTBEAT.value)
 
@@ -119,6 +118,7 @@ def run(main, positional: bool = False) -> None:
     if len(argv) > 1 and not positional:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
+      split_cpu(CPU_DEVICES.value)  # Before anything starts JAX's backends.
       result = main(argv)
     except (InputError, FloatingPointError) as e:
       # Exits at once (os._exit): atexit hooks could block on a dead peer process.
