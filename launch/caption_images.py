@@ -25,9 +25,7 @@ from mmzoo.errors import InputError
 from mmzoo.train import loop
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained captioning workdir.", required=True)
-_CHECKPOINT = flags.DEFINE_enum(
-    "checkpoint", None, ["best", "latest"],
-    "Which checkpoints to read; default the best when the run kept one, else the latest.")
+_CHECKPOINT = common.checkpoint_flag()
 _DECODING = common.decoding_flags()
 _ATTENTION_DIR = flags.DEFINE_string("attention_dir", None,
                                      "Write one attention figure per image here.")

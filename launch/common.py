@@ -75,14 +75,19 @@ class _DropLibraryChatter:
     return record.levelno > 20 or "/orbax/" not in record.pathname
 
 
+def checkpoint_flag():
+  """Defines --checkpoint: which of a workdir's checkpoints to restore."""
+  return flags.DEFINE_enum(
+      "checkpoint", None, ["best", "latest"],
+      "Which checkpoints to read; default the best when the run kept one, else the latest.")
+
+
 def decoding_flags():
   """Defines the captioning decoding flags; returns a function giving their config overrides.
 
   --beam_size (1 = greedy), or --temperature > 0 to sample (with --top_k, --top_p,
   --seed); unset flags keep the checkpoint's config.
   """
-  from absl import flags
-
   defined = {
       "beam_size": flags.DEFINE_integer(
           "beam_size", None, "Captioning: beam width (1 = greedy); default the config's."),

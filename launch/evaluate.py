@@ -21,9 +21,7 @@ from mmzoo.train import loop, parallel
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
 _SPLIT = flags.DEFINE_string("split", "validation", "Which split to evaluate.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest or best.")
-_CHECKPOINT = flags.DEFINE_enum(
-    "checkpoint", None, ["best", "latest"],
-    "Which checkpoints to read; default the best when the run kept one, else the latest.")
+_CHECKPOINT = common.checkpoint_flag()
 
 
 _DECODING = common.decoding_flags()
