@@ -366,7 +366,8 @@ def main(argv) -> None:
     import torch
     versions += f", torch {torch.__version__} ({os.cpu_count()} threads)"
   print(f"machine: {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}, "
-        f"{versions}; jax devices {jax.devices()}; mmzoo {mmzoo_revision()}")
+        f"{versions}; jax devices {jax.devices()} "
+        f"(XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}); mmzoo {mmzoo_revision()}")
   print(f"model: {s.layers}-layer LSTM, hidden {s.hidden}, embed {s.embed}, "
         f"vocab {vocab}; batch {s.batch} x seq_len {s.seq_len} = {tokens} tokens/step; "
         f"{flops / 1e9:.1f} GFLOP/step (matmuls, fwd+bwd)")

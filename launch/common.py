@@ -21,7 +21,9 @@ HEARTBEAT = flags.DEFINE_integer(
 CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 0, "CPU hosts: split the CPU into this many single-threaded XLA devices "
     "(one per core) and run data-parallel over them; 0 keeps one device on all cores. On "
-    "2 cores, 2 trains the default char model 1.2-1.4x faster (benchmarks/RESULTS.md).")
+    "2 cores, 2 trains the default char model 1.2-1.4x faster, but on jax 0.10.2 long runs "
+    "can hang in XLA's all-reduce until it aborts them after 40 s (3 of 4 full char_rnn "
+    "runs); rerunning resumes from the last checkpoint. See benchmarks/RESULTS.md.")
 
 
 def split_cpu(devices: int) -> None:

@@ -167,8 +167,14 @@ def test_cpu_devices_split_the_cpu_and_train_the_same(trained, tmp_path):
   args = [a.replace(trained[0], workdir) for a in trained[2]] + ["--cpu_devices=2"]
   env = launcher_env(1)
   del env["XLA_FLAGS"]
-  r = subprocess.run(launcher("char_rnn") + args, env=env, capture_output=True, text=True,
-                     timeout=300, cwd=REPO)
+  for _ in range(3):
+    r = subprocess.run(launcher("char_rnn") + args, env=env, capture_output=True, text=True,
+                       timeout=300, cwd=REPO)
+    # jax 0.10.2's in-process all-reduce can hang until XLA aborts the run (README): the
+    # known failure, and only it, is retried from scratch.
+    if r.returncode == 0 or "Termination timeout for `all reduce" not in r.stderr:
+      break
+    shutil.rmtree(workdir)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "training on 2 devices" in r.stderr
   split = [m["loss"] for m in _metrics(workdir) if m["split"] == "train"]
