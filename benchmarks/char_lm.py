@@ -7,8 +7,11 @@ starts the next chunk of each stream), global-norm gradient clipping and Adam.
 
 * mmzoo: `CharLMTask` built from `mmzoo/configs/char_rnn.py` (the size flags
   below override its fields) and `mmzoo.train.loop.train_step` with the
-  config's optimizer, jitted exactly as the trainer does it (one-device mesh,
-  shardings, donated state).
+  config's optimizer, jitted and run exactly as the trainer does it (mesh,
+  shardings, donated state, at most two steps in flight), on the devices the
+  char_rnn launcher trains on by default: on a CPU host one single-threaded
+  XLA device per core that the batch splits into (`--cpu_devices=auto`;
+  `--cpu_devices=0` for one device on all cores).
 * PyTorch: `nn.Embedding -> nn.LSTM(batch_first=True) -> nn.Linear`,
   `F.cross_entropy`, detached hidden carry, `clip_grad_norm_(5)`,
   `torch.optim.Adam(lr=2e-3)` (constant: the learning-rate schedule costs
@@ -58,6 +61,10 @@ WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 MAX_CHARS = flags.DEFINE_integer(
     "max_chars", None, "Characters of the built-in corpus to read (default: the config's).")
 FRAMEWORKS = flags.DEFINE_list("frameworks", ["mmzoo", "torch"], "Which to run.")
+CPU_DEVICES = flags.DEFINE_string(
+    "cpu_devices", "auto", "mmzoo's CPU devices, as the char_rnn launcher's flag: 'auto' "
+    "(its default) runs one single-threaded XLA device per core that the batch splits "
+    "into; 0 keeps one device on all cores. XLA_FLAGS that set a device count win.")
 BREAKDOWN = flags.DEFINE_bool(
     "breakdown", False, "Afterwards, also time parts of a step (median of --windows calls "
     "each): forward + loss, forward + backward, the LSTM stack alone, the optimizer update.")
@@ -164,9 +171,11 @@ def mmzoo_runner(task, s: Shape, batches: list[dict]) -> Runner:
 
   def run(n: int) -> None:
     state, metrics = holder["state"], None
+    in_flight = parallel.TwoInFlight()  # As the trainer runs its steps.
     for _ in range(n):
       state, metrics = step_fn(state, device_batches[holder["i"] % len(device_batches)])
       holder["i"] += 1
+      in_flight.admit(metrics)
     jax.block_until_ready((state, metrics))
     holder["state"] = state
     loss_sum, count = metrics["loss"]
@@ -355,7 +364,15 @@ def main(argv) -> None:
   unknown = set(FRAMEWORKS.value) - {"mmzoo", "torch"}
   if unknown:
     raise app.UsageError(f"unknown frameworks {sorted(unknown)}; known: mmzoo, torch")
+  from mmzoo.train import parallel
+
   task, s = make_task()
+  if CPU_DEVICES.value == "auto":  # Before JAX starts its backends, as the launcher does.
+    parallel.split_cpu(parallel.auto_cpu_devices([s.batch]))
+  elif CPU_DEVICES.value.isdigit():
+    parallel.split_cpu(int(CPU_DEVICES.value))
+  else:
+    raise app.UsageError(f"--cpu_devices={CPU_DEVICES.value}: expected 'auto' or a number")
   vocab = s.vocab
   tokens = s.batch * s.seq_len
   flops = lstm_step_flops(s.batch, s.seq_len, s.embed, s.hidden, s.layers, vocab)

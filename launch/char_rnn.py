@@ -4,7 +4,9 @@ r"""Trains a character-level language model (min-char-rnn / char-rnn).
       --workdir=workdirs/char_rnn [--config.data.path=input.txt]
 
 Re-running the same command on the same workdir resumes from its latest
-checkpoint. Multi-host: add --coordinator_address=HOST:PORT --num_processes=N
+checkpoint. On a CPU host the batch is split over one single-threaded XLA
+device per core (--cpu_devices=auto; --cpu_devices=0 keeps one device).
+Multi-host: add --coordinator_address=HOST:PORT --num_processes=N
 --process_id=I on every process.
 """
 
@@ -27,4 +29,5 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  common.run(main)
+  common.run(main, batch_sizes=lambda: (_CONFIG.value.data.batch_size,
+                                        _CONFIG.value.eval.batch_size))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 
 import jax
 from absl import app, flags, logging
@@ -18,29 +18,28 @@ NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the jo
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 HEARTBEAT = flags.DEFINE_integer(
     "heartbeat_timeout", 30, "Seconds after which a silent peer process fails the job.")
-CPU_DEVICES = flags.DEFINE_integer(
-    "cpu_devices", 0, "CPU hosts: split the CPU into this many single-threaded XLA devices "
-    "(one per core) and run data-parallel over them; 0 keeps one device on all cores. On "
-    "2 cores, 2 trains the default char model 1.2-1.4x faster, but on jax 0.10.2 long runs "
-    "can hang in XLA's all-reduce until it aborts them after 40 s (3 of 4 full char_rnn "
-    "runs); rerunning resumes from the last checkpoint. See benchmarks/RESULTS.md.")
+CPU_DEVICES = flags.DEFINE_string(
+    "cpu_devices", "auto", "CPU hosts: run the CPU as this many single-threaded XLA devices "
+    "(one per core), data-parallel; 0 or 1 keeps one device on all cores. 'auto' splits in "
+    "launchers whose models gain from it (char_rnn: 1.2-1.4x on 2 cores) into one device "
+    "per core that the batch sizes divide into, and keeps one device in the others "
+    "(captioning ran 0.78x split). See benchmarks/RESULTS.md.")
 
 
-def split_cpu(devices: int) -> None:
-  """`devices` single-threaded CPU devices; call before JAX starts its backends.
+def cpu_devices(batch_sizes: Sequence[int] | None) -> int:
+  """The CPU device count --cpu_devices asks for, given the job's global batch sizes.
 
-  Small per-step matmuls, as in a recurrent loop, run faster this way than one device
-  whose every op is split over all cores: each core then runs its own shard of the
-  batch without waiting on the others inside each op.
+  `batch_sizes` is None for launchers that keep one device under 'auto'.
   """
-  if devices <= 0:
-    return
-  xla_flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_force_host_platform_device_count" in xla_flags:
-    raise InputError("--cpu_devices and XLA_FLAGS=--xla_force_host_platform_device_count "
-                     "both set the number of CPU devices; use one of them")
-  os.environ["XLA_FLAGS"] = f"{xla_flags} --xla_cpu_multi_thread_eigen=false".strip()
-  jax.config.update("jax_num_cpu_devices", devices)
+  value = CPU_DEVICES.value.strip().lower()
+  if value == "auto":
+    if batch_sizes is None:
+      return 0
+    return parallel.auto_cpu_devices(batch_sizes, parallel.multi_process_requested(
+        COORDINATOR.value, NUM_PROCESSES.value))
+  if not value.isdigit():
+    raise InputError(f"--cpu_devices={CPU_DEVICES.value}: expected 'auto' or a number >= 0")
+  return int(value)
 
 
 def initialize_distributed() -> None:
@@ -108,10 +107,15 @@ def decoding_flags():
   return overrides
 
 
-def run(main, positional: bool = False) -> None:
+def run(main, positional: bool = False,
+        batch_sizes: Callable[[], Sequence[int]] | None = None) -> None:
   """`app.run(main)`, printing input problems as one line and exiting 1.
 
   Positional arguments are refused unless `positional` (then `main` gets them).
+  `batch_sizes`, given by launchers whose models train faster on a split CPU
+  (char_rnn: small per-step matmuls), returns the config's global batch sizes
+  once flags are parsed; with --cpu_devices=auto the CPU is then split into as
+  many devices as they allow (`parallel.auto_cpu_devices`).
 
   In a multi-process job any error ends every process: this one prints it (a
   traceback first, unless it is an input problem) and exits 1, and the others
@@ -125,7 +129,12 @@ def run(main, positional: bool = False) -> None:
     if len(argv) > 1 and not positional:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-      split_cpu(CPU_DEVICES.value)  # Before anything starts JAX's backends.
+      # Before anything starts JAX's backends.
+      devices = cpu_devices(None if batch_sizes is None else batch_sizes())
+      if devices > 1 and CPU_DEVICES.value == "auto":
+        logging.info("--cpu_devices=auto: %d single-threaded CPU devices, one per core "
+                     "(--cpu_devices=0 keeps one device on all cores)", devices)
+      parallel.split_cpu(devices)
       result = main(argv)
     except (InputError, FloatingPointError) as e:
       # Exits at once (os._exit): atexit hooks could block on a dead peer process.

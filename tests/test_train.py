@@ -343,3 +343,34 @@ def test_learning_rate_schedules_by_hand():
                              rtol=1e-6, atol=1e-7)
   # Linear warm-up to the peak over 20 steps, then the schedule.
   np.testing.assert_allclose(rates(schedule="constant", warmup_steps=20)[:2], [0.0, 0.5])
+
+
+def test_auto_cpu_devices(monkeypatch):
+  """--cpu_devices=auto: the most devices, at most one per core, that every batch splits
+  into; none when XLA_FLAGS sets a count, in a multi-process job, or off the CPU."""
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  auto = parallel.auto_cpu_devices
+  assert auto([32, 32], cores=2) == 2
+  assert auto([32, 12], cores=8) == 4  # 8, 7, 6 and 5 do not divide both; 4 does.
+  assert auto([32], cores=3) == 2
+  assert auto([7, 32], cores=16) == 0  # Only 1 divides both: leave one device.
+  assert auto([32], cores=1) == 0
+  assert auto([32], multi_process=True, cores=8) == 0
+  monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+  assert auto([32], cores=8) == 0
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  assert auto([32], cores=8) == 0
+
+
+def test_two_in_flight_waits_for_the_step_before(monkeypatch):
+  """`admit(step)` waits for the step dispatched before it, never for the new one."""
+  waited = []
+  monkeypatch.setattr(jax, "block_until_ready", lambda x: waited.append(x) or x)
+  window = parallel.TwoInFlight()
+  window.admit("step 1")
+  assert waited == []
+  window.admit("step 2")
+  window.admit("step 3")
+  assert waited == ["step 1", "step 2"]

@@ -126,8 +126,10 @@ class CharLMTask:
     carry = jax.jit(functools.partial(self.model.initialize_carry, batch_size),
                     out_shardings=by_batch)()
     total = jnp.zeros((), jnp.float32)
+    in_flight = parallel.TwoInFlight()
     for batch in batches.epoch():
       nll_sum, carry = self._eval_nll(params, carry, parallel.global_batch(batch, mesh))
+      in_flight.admit(nll_sum)
       total = total + nll_sum
     return float(jax.device_get(total)), float(batches.num_chunks * batch_size * seq_len)
 

@@ -187,10 +187,12 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
   start_step = step
   totals, t_last, step_last = None, time.perf_counter(), step
   t_start = t_last
+  in_flight = parallel.TwoInFlight()
   try:
     while step < cfg.num_steps:
       batch = parallel.global_batch(next(batches), mesh)
       state, step_metrics = step_fn(state, batch)
+      in_flight.admit(step_metrics)
       totals = metrics_lib.accumulate(totals, step_metrics)
       step += 1
       last = step == cfg.num_steps

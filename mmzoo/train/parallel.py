@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import jax
@@ -45,10 +46,7 @@ def initialize_distributed(coordinator_address: str | None = None,
   `heartbeat_timeout_seconds` instead, with its own fatal message.
   """
   global _watchdog, _multi_process
-  explicit = coordinator_address is not None or (num_processes or 1) > 1
-  in_cluster = any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID",
-                                             "OMPI_COMM_WORLD_SIZE"))
-  if not explicit and not in_cluster:
+  if not multi_process_requested(coordinator_address, num_processes):
     return
   if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") is None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # Default in recent JAX.
@@ -61,6 +59,84 @@ def initialize_distributed(coordinator_address: str | None = None,
   _multi_process = jax.process_count() > 1
   if _multi_process:
     _watchdog = _PeerWatchdog.start()
+
+
+def multi_process_requested(coordinator_address: str | None = None,
+                            num_processes: int | None = None) -> bool:
+  """Whether `initialize_distributed` will start a multi-process job."""
+  explicit = coordinator_address is not None or (num_processes or 1) > 1
+  return explicit or any(k in os.environ for k in (
+      "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE"))
+
+
+_FORCED_COUNT = "xla_force_host_platform_device_count"
+
+
+def split_cpu(devices: int) -> None:
+  """Runs the CPU as `devices` single-threaded XLA devices (none for 0 or 1).
+
+  Call before JAX starts its backends. Small per-step matmuls, as in a
+  recurrent loop, run faster this way than on one device whose every op is
+  split over all cores: each core runs its own shard of the batch without
+  waiting on the others inside each op (benchmarks/RESULTS.md, char_lm).
+  """
+  if devices <= 1:
+    return
+  xla_flags = os.environ.get("XLA_FLAGS", "")
+  if _FORCED_COUNT in xla_flags:
+    raise InputError(f"--cpu_devices and XLA_FLAGS=--{_FORCED_COUNT} both set the number of "
+                     "CPU devices; use one of them")
+  os.environ["XLA_FLAGS"] = f"{xla_flags} --xla_cpu_multi_thread_eigen=false".strip()
+  jax.config.update("jax_num_cpu_devices", devices)
+
+
+def auto_cpu_devices(batch_sizes: Sequence[int], multi_process: bool = False,
+                     cores: int | None = None) -> int:
+  """How many CPU devices `split_cpu` should make for these global batch sizes.
+
+  The most devices, at most one per core, that every batch size splits into
+  evenly; 0 (leave JAX's default) when that is one, in a multi-process job,
+  when XLA_FLAGS already sets a CPU device count, or when JAX may run on an
+  accelerator (JAX_PLATFORMS names another platform first, or a GPU or TPU
+  plugin is installed).
+  """
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  if (multi_process or _FORCED_COUNT in os.environ.get("XLA_FLAGS", "")
+      or platforms.split(",")[0] not in ("", "cpu")
+      or (not platforms and _accelerator_plugin_installed())):
+    return 0
+  if cores is None:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  best = max((d for d in range(1, (cores or 1) + 1) if all(b % d == 0 for b in batch_sizes)),
+             default=1)
+  return best if best > 1 else 0
+
+
+def _accelerator_plugin_installed() -> bool:
+  """Whether a GPU or TPU backend for JAX is installed (found without starting JAX)."""
+  import importlib.util
+
+  return any(importlib.util.find_spec(name) is not None for name in (
+      "jax_plugins", "jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu"))
+
+
+class TwoInFlight:
+  """Keeps at most two dispatched steps in flight: `admit(outputs)`, called just after a
+  step is dispatched, waits for the step before it.
+
+  The host then prepares and queues the next step while one runs, no further. With many
+  queued steps, XLA's in-process all-reduce over several CPU devices (`split_cpu`) hung
+  now and then on jax 0.10.2: one device never reached the rendezvous and XLA aborted
+  the run after 40 s (benchmarks/RESULTS.md, char_lm).
+  """
+
+  def __init__(self):
+    self._previous = None
+
+  def admit(self, outputs: Any) -> None:
+    if self._previous is not None:
+      jax.block_until_ready(self._previous)
+    self._previous = outputs
 
 
 def make_mesh() -> Mesh:
