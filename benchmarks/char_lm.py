@@ -364,15 +364,14 @@ def main(argv) -> None:
   unknown = set(FRAMEWORKS.value) - {"mmzoo", "torch"}
   if unknown:
     raise app.UsageError(f"unknown frameworks {sorted(unknown)}; known: mmzoo, torch")
+  from mmzoo.errors import InputError
   from mmzoo.train import parallel
 
   task, s = make_task()
-  if CPU_DEVICES.value == "auto":  # Before JAX starts its backends, as the launcher does.
-    parallel.split_cpu(parallel.auto_cpu_devices([s.batch]))
-  elif CPU_DEVICES.value.isdigit():
-    parallel.split_cpu(int(CPU_DEVICES.value))
-  else:
-    raise app.UsageError(f"--cpu_devices={CPU_DEVICES.value}: expected 'auto' or a number")
+  try:  # Before JAX starts its backends, as the launcher does.
+    parallel.split_cpu(parallel.cpu_device_count(CPU_DEVICES.value, [s.batch]))
+  except InputError as e:
+    raise app.UsageError(str(e)) from e
   vocab = s.vocab
   tokens = s.batch * s.seq_len
   flops = lstm_step_flops(s.batch, s.seq_len, s.embed, s.hidden, s.layers, vocab)

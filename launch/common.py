@@ -26,22 +26,6 @@ CPU_DEVICES = flags.DEFINE_string(
     "(captioning ran 0.78x split). See benchmarks/RESULTS.md.")
 
 
-def cpu_devices(batch_sizes: Sequence[int] | None) -> int:
-  """The CPU device count --cpu_devices asks for, given the job's global batch sizes.
-
-  `batch_sizes` is None for launchers that keep one device under 'auto'.
-  """
-  value = CPU_DEVICES.value.strip().lower()
-  if value == "auto":
-    if batch_sizes is None:
-      return 0
-    return parallel.auto_cpu_devices(batch_sizes, parallel.multi_process_requested(
-        COORDINATOR.value, NUM_PROCESSES.value))
-  if not value.isdigit():
-    raise InputError(f"--cpu_devices={CPU_DEVICES.value}: expected 'auto' or a number >= 0")
-  return int(value)
-
-
 def initialize_distributed() -> None:
   parallel.initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value,
                                   HEARTBEAT.value)
@@ -130,10 +114,13 @@ def run(main, positional: bool = False,
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
       # Before anything starts JAX's backends.
-      devices = cpu_devices(None if batch_sizes is None else batch_sizes())
-      if devices > 1 and CPU_DEVICES.value == "auto":
-        logging.info("--cpu_devices=auto: %d single-threaded CPU devices, one per core "
-                     "(--cpu_devices=0 keeps one device on all cores)", devices)
+      devices = parallel.cpu_device_count(
+          CPU_DEVICES.value, None if batch_sizes is None else batch_sizes(),
+          parallel.multi_process_requested(COORDINATOR.value, NUM_PROCESSES.value))
+      if devices > 1:
+        logging.info("--cpu_devices=%s: %d single-threaded CPU devices, one per core "
+                     "(--cpu_devices=0 keeps one device on all cores)", CPU_DEVICES.value,
+                     devices)
       parallel.split_cpu(devices)
       result = main(argv)
     except (InputError, FloatingPointError) as e:

@@ -112,6 +112,21 @@ def auto_cpu_devices(batch_sizes: Sequence[int], multi_process: bool = False,
   return best if best > 1 else 0
 
 
+def cpu_device_count(value: str, batch_sizes: Sequence[int] | None,
+                     multi_process: bool = False) -> int:
+  """The CPU device count a `--cpu_devices` value asks for.
+
+  'auto' is `auto_cpu_devices(batch_sizes)`, or 0 (one device) when `batch_sizes`
+  is None; otherwise the value must be a number >= 0.
+  """
+  word = value.strip().lower()
+  if word == "auto":
+    return 0 if batch_sizes is None else auto_cpu_devices(batch_sizes, multi_process)
+  if not word.isdigit():
+    raise InputError(f"--cpu_devices={value}: expected 'auto' or a number >= 0")
+  return int(word)
+
+
 def _accelerator_plugin_installed() -> bool:
   """Whether a GPU or TPU backend for JAX is installed (found without starting JAX)."""
   import importlib.util
