@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable
 
 from absl import app, flags
-from machine import busy_cpu_s, cpu_name
+from machine import busy_cpu_s, cpu_name, host_memory_policy
 
 # The model and batch default to mmzoo/configs/char_rnn.py's (its default `lstm` variant).
 HIDDEN = flags.DEFINE_integer("hidden_size", None, "LSTM units per layer.")
@@ -65,6 +65,9 @@ CPU_DEVICES = flags.DEFINE_string(
     "cpu_devices", "auto", "mmzoo's CPU devices, as the char_rnn launcher's flag: 'auto' "
     "(its default) runs one single-threaded XLA device per core that the batch splits "
     "into; 0 keeps one device on all cores. XLA_FLAGS that set a device count win.")
+RETAIN_MEMORY = flags.DEFINE_bool(
+    "retain_freed_memory", True, "As the launchers' flag: keep freed host memory for reuse "
+    "(glibc malloc), for both frameworks in this process.")
 BREAKDOWN = flags.DEFINE_bool(
     "breakdown", False, "Afterwards, also time parts of a step (median of --windows calls "
     "each): forward + loss, forward + backward, the LSTM stack alone, the optimizer update.")
@@ -372,6 +375,7 @@ def main(argv) -> None:
     parallel.split_cpu(parallel.cpu_device_count(CPU_DEVICES.value, [s.batch]))
   except InputError as e:
     raise app.UsageError(str(e)) from e
+  memory = host_memory_policy(RETAIN_MEMORY.value)
   vocab = s.vocab
   tokens = s.batch * s.seq_len
   flops = lstm_step_flops(s.batch, s.seq_len, s.embed, s.hidden, s.layers, vocab)
@@ -383,7 +387,8 @@ def main(argv) -> None:
     versions += f", torch {torch.__version__} ({os.cpu_count()} threads)"
   print(f"machine: {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}, "
         f"{versions}; jax devices {jax.devices()} "
-        f"(XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}); mmzoo {mmzoo_revision()}")
+        f"(XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}); mmzoo {mmzoo_revision()}; "
+        f"host memory: {memory}")
   print(f"model: {s.layers}-layer LSTM, hidden {s.hidden}, embed {s.embed}, "
         f"vocab {vocab}; batch {s.batch} x seq_len {s.seq_len} = {tokens} tokens/step; "
         f"{flops / 1e9:.1f} GFLOP/step (matmuls, fwd+bwd)")

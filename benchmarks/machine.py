@@ -24,6 +24,19 @@ def cpu_name() -> str:
   return platform.processor() or platform.machine()
 
 
+def host_memory_policy(retain: bool) -> str:
+  """Applies the launchers' default host memory policy when `retain`; says which holds.
+
+  It is process-wide, so it holds for every framework a benchmark runs side by side.
+  """
+  if retain:
+    from mmzoo.train import host_memory
+    if host_memory.retain_freed_memory():
+      return "freed memory retained (glibc malloc, as the launchers; all frameworks)"
+    return "malloc's defaults (not glibc: nothing to retain)"
+  return "malloc's defaults (--noretain_freed_memory)"
+
+
 def busy_cpu_s() -> tuple[float, float]:
   """(CPU seconds the whole machine was busy, of which this process), so far."""
   own = sum(os.times()[:2])

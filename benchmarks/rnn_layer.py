@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from machine import alternating
+from machine import alternating, host_memory_policy
 
 from mmzoo.nn.recurrent import from_torch
 from mmzoo.train import parallel
@@ -46,6 +46,9 @@ STEPS = flags.DEFINE_integer("seq_len", 50, "Time steps.")
 REPS = flags.DEFINE_integer("reps", 20, "Timed calls per framework; the median counts.")
 ROUNDS = flags.DEFINE_integer("rounds", 4, "Alternating blocks the timed calls are split into.")
 WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed calls after compilation.")
+RETAIN_MEMORY = flags.DEFINE_bool(
+    "retain_freed_memory", True, "As the launchers' flag: keep freed host memory for reuse "
+    "(glibc malloc), for both frameworks in this process.")
 UNROLL = flags.DEFINE_integer("unroll", None, "Overrides `Recurrent.unroll` (default: its own).")
 
 try:
@@ -113,12 +116,14 @@ def _torch_fn(cell: str, state_dict, x: np.ndarray, proj: np.ndarray):
 def main(argv):
   del argv
   num_threads = os.cpu_count() or 1
+  memory = host_memory_policy(RETAIN_MEMORY.value)
   if torch is not None:
     torch.set_num_threads(num_threads)
   print(f"machine: {platform.processor() or platform.machine()}, {num_threads} cores; "
         f"jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} devices, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})"
-        + (f", torch {torch.__version__}" if torch is not None else ""))
+        + (f", torch {torch.__version__}" if torch is not None else "")
+        + f"; host memory: {memory}")
   print(f"shape: input {INPUT.value}, hidden {HIDDEN.value}, batch {BATCH.value}, "
         f"{STEPS.value} steps, float32; forward + backward; median of {REPS.value} calls "
         f"({ROUNDS.value} alternating blocks) after {WARMUP.value} warm-up calls")

@@ -10,7 +10,7 @@ import jax
 from absl import app, flags, logging
 
 from mmzoo.errors import InputError
-from mmzoo.train import parallel
+from mmzoo.train import host_memory, parallel
 
 COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 for a multi-process job.")
@@ -24,6 +24,12 @@ CPU_DEVICES = flags.DEFINE_string(
     "launchers whose models gain from it (char_rnn: 1.2-1.4x on 2 cores) into one device "
     "per core that the batch sizes divide into, and keeps one device in the others "
     "(captioning ran 0.78x split). See benchmarks/RESULTS.md.")
+
+RETAIN_MEMORY = flags.DEFINE_bool(
+    "retain_freed_memory", True, "Keep freed host memory for reuse (glibc malloc: no mmap'd "
+    "blocks, no trimming) rather than page-faulting each step's buffers in afresh: 7-18% "
+    "of a char_rnn step on CPU. The process keeps its peak heap. See "
+    "mmzoo/train/host_memory.py.")
 
 
 def initialize_distributed() -> None:
@@ -99,7 +105,9 @@ def run(main, positional: bool = False,
   `batch_sizes`, given by launchers whose models train faster on a split CPU
   (char_rnn: small per-step matmuls), returns the config's global batch sizes
   once flags are parsed; with --cpu_devices=auto the CPU is then split into as
-  many devices as they allow (`parallel.auto_cpu_devices`).
+  many devices as they allow (`parallel.auto_cpu_devices`). Unless
+  --noretain_freed_memory, freed host memory is kept for reuse
+  (`host_memory.retain_freed_memory`).
 
   In a multi-process job any error ends every process: this one prints it (a
   traceback first, unless it is an input problem) and exits 1, and the others
@@ -122,6 +130,8 @@ def run(main, positional: bool = False,
                      "(--cpu_devices=0 keeps one device on all cores)", CPU_DEVICES.value,
                      devices)
       parallel.split_cpu(devices)
+      if RETAIN_MEMORY.value:
+        host_memory.retain_freed_memory()
       result = main(argv)
     except (InputError, FloatingPointError) as e:
       # Exits at once (os._exit): atexit hooks could block on a dead peer process.
