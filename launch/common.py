@@ -130,8 +130,9 @@ def run(main, positional: bool = False,
                      "(--cpu_devices=0 keeps one device on all cores)", CPU_DEVICES.value,
                      devices)
       parallel.split_cpu(devices)
-      if RETAIN_MEMORY.value:
-        host_memory.retain_freed_memory()
+      if RETAIN_MEMORY.value and host_memory.retain_freed_memory():
+        logging.info("freed host memory is kept for reuse (--noretain_freed_memory: "
+                     "malloc's defaults)")
       result = main(argv)
     except (InputError, FloatingPointError) as e:
       # Exits at once (os._exit): atexit hooks could block on a dead peer process.

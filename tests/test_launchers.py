@@ -9,6 +9,7 @@ write into it work on a copy.
 import fcntl
 import json
 import os
+import platform
 import shutil
 import subprocess
 
@@ -135,6 +136,8 @@ def test_train_smoke_lstm(trained):
   assert result["returncode"] == 0, result["stderr"][-3000:]
   validation_json(result["stdout"])
   assert "--- sample" in result["stdout"]
+  if platform.libc_ver()[0] == "glibc":  # --retain_freed_memory, the default, applied.
+    assert "freed host memory is kept for reuse" in result["stderr"]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "5"]
   records = _metrics(workdir)
   assert [r["step"] for r in records if r["split"] == "train"] == [5, 10]
