@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable
 
 from absl import app, flags
-from machine import busy_cpu_s, cpu_name, host_memory_policy
+from machine import busy_cpu_s, cpu_name, host_memory_policy, retain_memory_flag
 
 # The model and batch default to mmzoo/configs/char_rnn.py's (its default `lstm` variant).
 HIDDEN = flags.DEFINE_integer("hidden_size", None, "LSTM units per layer.")
@@ -65,9 +65,7 @@ CPU_DEVICES = flags.DEFINE_string(
     "cpu_devices", "auto", "mmzoo's CPU devices, as the char_rnn launcher's flag: 'auto' "
     "(its default) runs one single-threaded XLA device per core that the batch splits "
     "into; 0 keeps one device on all cores. XLA_FLAGS that set a device count win.")
-RETAIN_MEMORY = flags.DEFINE_bool(
-    "retain_freed_memory", True, "As the launchers' flag: keep freed host memory for reuse "
-    "(glibc malloc), for both frameworks in this process.")
+RETAIN_MEMORY = retain_memory_flag()
 BREAKDOWN = flags.DEFINE_bool(
     "breakdown", False, "Afterwards, also time parts of a step (median of --windows calls "
     "each): forward + loss, forward + backward, the LSTM stack alone, the optimizer update.")

@@ -1,7 +1,8 @@
 """What the benchmarks share about the machine: its CPU's name and how busy it was.
 
 Imported by the benchmark scripts (run as `python benchmarks/NAME.py`, so this folder is
-on the path); it defines no flags, so any of them can use it.
+on the path); it defines no flags on import (`retain_memory_flag` defines one when a
+benchmark calls it), so any of them can use it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ def cpu_name() -> str:
   except OSError:
     pass
   return platform.processor() or platform.machine()
+
+
+def retain_memory_flag():
+  """Defines --retain_freed_memory, the launchers' flag of that name, for a benchmark."""
+  from absl import flags
+  return flags.DEFINE_bool(
+      "retain_freed_memory", True, "As the launchers' flag: keep freed host memory for "
+      "reuse (glibc malloc), for both frameworks in this process.")
 
 
 def host_memory_policy(retain: bool) -> str:

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from machine import alternating, host_memory_policy
+from machine import alternating, host_memory_policy, retain_memory_flag
 
 from mmzoo.nn.recurrent import from_torch
 from mmzoo.train import parallel
@@ -46,9 +46,7 @@ STEPS = flags.DEFINE_integer("seq_len", 50, "Time steps.")
 REPS = flags.DEFINE_integer("reps", 20, "Timed calls per framework; the median counts.")
 ROUNDS = flags.DEFINE_integer("rounds", 4, "Alternating blocks the timed calls are split into.")
 WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed calls after compilation.")
-RETAIN_MEMORY = flags.DEFINE_bool(
-    "retain_freed_memory", True, "As the launchers' flag: keep freed host memory for reuse "
-    "(glibc malloc), for both frameworks in this process.")
+RETAIN_MEMORY = retain_memory_flag()
 UNROLL = flags.DEFINE_integer("unroll", None, "Overrides `Recurrent.unroll` (default: its own).")
 
 try:

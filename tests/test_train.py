@@ -8,6 +8,7 @@ import functools
 import hashlib
 import json
 import os
+import platform
 import signal
 import subprocess
 import time
@@ -376,7 +377,6 @@ def test_two_in_flight_waits_for_the_step_before(monkeypatch):
   assert waited == ["step 1", "step 2"]
 
 
-
 _FAULTS_PER_ALLOCATION = """
 import ctypes, resource, sys
 from mmzoo.train import host_memory
@@ -400,7 +400,6 @@ def test_retain_freed_memory_ends_page_faults_of_reallocation():
   """By default a freed 64 MiB block goes back to the kernel and every new one is faulted
   in again (16,384 faults of 4 KiB pages here); with freed memory retained the next
   allocation reuses it without a fault."""
-  import platform
   if platform.libc_ver()[0] != "glibc":
     pytest.skip("a glibc malloc policy; this C library is not glibc")
 

@@ -20,7 +20,6 @@ PyTorch gains as much from it, so benchmarks apply it to both frameworks.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import platform
 
 # mallopt parameters, from glibc's <malloc.h>.
@@ -37,7 +36,7 @@ def retain_freed_memory() -> bool:
   """
   if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
     return False
-  libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+  libc = ctypes.CDLL(None)  # The symbols already loaded into the process: glibc's among them.
   # mallopt returns 1 on success.
   return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
                                                                    _KEEP_AT_TOP))
