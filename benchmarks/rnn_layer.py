@@ -16,6 +16,12 @@ framework's (whose worker threads may still be spinning, which slows the
 next call by 5-10% on 2 cores); the median call of each is reported.
 PyTorch runs on `os.cpu_count()` threads.
 
+mmzoo's LSTM runs through its fused CPU kernel where that applies
+(mmzoo/nn/cpu_kernels.py: one CPU device, AVX-512, a C++ compiler); then its
+XLA loop (`fused_cpu_kernel=False`) is timed too, in the same alternation, as
+an extra row (`--noxla_loop` leaves it out). `MMZOO_CPU_KERNELS=0` turns the
+kernel off.
+
   python benchmarks/rnn_layer.py                # < 1 minute on 2 cores
   python benchmarks/rnn_layer.py --reps=50 --cells=lstm
   # One XLA device per core, the batch split between them (as the launchers run on CPU):
@@ -48,6 +54,9 @@ ROUNDS = flags.DEFINE_integer("rounds", 4, "Alternating blocks the timed calls a
 WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed calls after compilation.")
 RETAIN_MEMORY = retain_memory_flag()
 UNROLL = flags.DEFINE_integer("unroll", None, "Overrides `Recurrent.unroll` (default: its own).")
+XLA_LOOP = flags.DEFINE_bool(
+    "xla_loop", True, "Also time mmzoo's XLA loop (fused_cpu_kernel=False) beside the fused "
+    "LSTM CPU kernel, in the same alternation (LSTM only, where the kernel runs).")
 
 try:
   import torch
@@ -71,8 +80,10 @@ def _random_state_dict(cell: str, input_size: int, hidden: int, rng) -> dict[str
           "bias_ih_l0": u(gates * hidden), "bias_hh_l0": u(gates * hidden)}
 
 
-def _mmzoo_fn(cell: str, state_dict, x: np.ndarray, proj: np.ndarray):
+def _mmzoo_fn(cell: str, state_dict, x: np.ndarray, proj: np.ndarray, fused: bool = True):
+  """`(run, label)`: one timed call, and which path the layer takes."""
   module, params = from_torch(state_dict, cell, num_layers=1)
+  module = module.clone(fused_cpu_kernel=fused)
   if UNROLL.value is not None:
     module = module.clone(unroll=UNROLL.value)
   # Data parallel over every device (one per core with the flags in the docstring): the
@@ -91,7 +102,8 @@ def _mmzoo_fn(cell: str, state_dict, x: np.ndarray, proj: np.ndarray):
   def run():
     return jax.block_until_ready(grad(params, x, proj))
 
-  return run, module.unroll
+  kernel = "mmzoo_lstm_forward" in grad.lower(params, x, proj).as_text()
+  return run, "fused kernel" if kernel else f"XLA loop, unroll={module.unroll}"
 
 
 def _torch_fn(cell: str, state_dict, x: np.ndarray, proj: np.ndarray):
@@ -134,8 +146,10 @@ def main(argv):
   rows = []
   for cell in CELLS.value:
     state_dict = _random_state_dict(cell, INPUT.value, HIDDEN.value, rng)
-    jax_run, unroll = _mmzoo_fn(cell, state_dict, x, proj)
-    runs = {"mmzoo": jax_run}
+    jax_run, label = _mmzoo_fn(cell, state_dict, x, proj)
+    runs, labels = {"mmzoo": jax_run}, {"mmzoo": label}
+    if XLA_LOOP.value and label == "fused kernel":
+      runs["loop"], labels["loop"] = _mmzoo_fn(cell, state_dict, x, proj, fused=False)
     if torch is not None:
       runs["torch"] = _torch_fn(cell, state_dict, x, proj)
     for run in runs.values():  # compiles, then warms up
@@ -143,15 +157,17 @@ def main(argv):
         run()
     times, _ = alternating(runs, REPS.value, ROUNDS.value)
     med = {name: statistics.median(t) for name, t in times.items()}
-    rows.append((f"{cell} (unroll={unroll})", med.get("mmzoo"), med.get("torch")))
+    for name in ("mmzoo", "loop"):
+      if name in med:
+        rows.append((f"{cell} ({labels[name]})", med[name], med.get("torch")))
 
   print()
-  print(f"| {'layer':<18} | {'mmzoo ms':>9} | {'torch ms':>9} | {'torch / mmzoo':>13} |")
-  print(f"|{'-' * 20}|{'-' * 10}:|{'-' * 10}:|{'-' * 14}:|")
+  print(f"| {'layer':<28} | {'mmzoo ms':>9} | {'torch ms':>9} | {'torch / mmzoo':>13} |")
+  print(f"|{'-' * 30}|{'-' * 10}:|{'-' * 10}:|{'-' * 14}:|")
   for name, jax_ms, torch_ms in rows:
     t = f"{torch_ms:9.2f}" if torch_ms is not None else f"{'-':>9}"
     r = f"{torch_ms / jax_ms:13.2f}" if torch_ms is not None else f"{'-':>13}"
-    print(f"| {name:<18} | {jax_ms:9.2f} | {t} | {r} |")
+    print(f"| {name:<28} | {jax_ms:9.2f} | {t} | {r} |")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmzoo.nn import cpu_kernels
+
 CellKind = Literal["rnn", "rnn_relu", "lstm", "gru"]
 NUM_GATES = {"rnn": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 Initializer = Callable[[jax.Array, Sequence[int], Any], jax.Array]
@@ -127,7 +129,7 @@ def reverse_within_lengths(x: jax.Array, lengths: jax.Array | None,
 
 def recurrent_layer(cell: CellKind, x: jax.Array, w_ih: jax.Array, b_ih: jax.Array | None,
                     w_hh: jax.Array, b_hh: jax.Array | None, carry, mask: jax.Array | None,
-                    unroll: int = DEFAULT_UNROLL, time_axis: int = 0):
+                    unroll: int = DEFAULT_UNROLL, time_axis: int = 0, fused: bool = True):
   """Runs one direction of one layer over time.
 
   The input projection `x W_ih` of all steps is one large matmul before the
@@ -150,6 +152,9 @@ def recurrent_layer(cell: CellKind, x: jax.Array, w_ih: jax.Array, b_ih: jax.Arr
       True for each example's first steps and False past its length, or None.
     unroll: loop unroll factor (speed only; 1 is fastest on CPU).
     time_axis: 0 for time-major arrays, 1 for batch-major ones.
+    fused: run an LSTM without a mask through the fused CPU kernel where it
+      applies (`cpu_kernels.lstm_applies`: on CPU, float32, hidden a multiple
+      of 64, the kernel built); the same function either way (speed only).
 
   Returns:
     `(outputs <float32>[time, batch, hidden] (or batch-major), final carry)`;
@@ -158,11 +163,13 @@ def recurrent_layer(cell: CellKind, x: jax.Array, w_ih: jax.Array, b_ih: jax.Arr
   if x.shape[time_axis] == 0:
     shape = list(x.shape[:-1]) + [w_hh.shape[0]]
     return jnp.zeros(shape, x.dtype), carry
+  if fused and cell == "lstm" and cpu_kernels.lstm_applies(x, w_hh, carry, mask):
+    return cpu_kernels.lstm_layer(time_axis, x, w_ih, b_ih, w_hh, b_hh, carry)
   return _recurrence(cell, unroll, time_axis, x, w_ih, b_ih, w_hh, b_hh, carry, mask)
 
 
 def scan_layer(cell: CellKind, xw: jax.Array, w_hh: jax.Array, b_hh: jax.Array | None,
-               carry, mask: jax.Array | None, unroll: int = DEFAULT_UNROLL):
+               carry, mask: jax.Array | None, unroll: int = DEFAULT_UNROLL, fused: bool = True):
   """`recurrent_layer` given the input projection `xw` instead of `x` and `W_ih`.
 
   `xw` is `<float32>[time, batch, gates * hidden]` with `b_ih` added and, for
@@ -171,6 +178,8 @@ def scan_layer(cell: CellKind, xw: jax.Array, w_hh: jax.Array, b_hh: jax.Array |
   """
   if xw.shape[0] == 0:
     return jnp.zeros((0, xw.shape[1], w_hh.shape[0]), xw.dtype), carry
+  if fused and cell == "lstm" and cpu_kernels.lstm_applies(xw, w_hh, carry, mask):
+    return cpu_kernels.lstm_layer(0, xw, None, None, w_hh, b_hh, carry)
   return _recurrence(cell, unroll, 0, xw, None, None, w_hh, b_hh, carry, mask)
 
 
@@ -419,6 +428,8 @@ class Recurrent(nn.Module):
       PyTorch's `dropout`); active only when `deterministic=False`.
     kernel_init / bias_init: None means PyTorch's U(-1/sqrt(H), 1/sqrt(H)).
     unroll: `lax.scan` unroll factor.
+    fused_cpu_kernel: run LSTM layers without `lengths` through the fused CPU
+      kernel where it applies (see `recurrent_layer`); speed only.
   """
 
   cell: CellKind
@@ -429,6 +440,7 @@ class Recurrent(nn.Module):
   kernel_init: Initializer | None = None
   bias_init: Initializer | None = None
   unroll: int = 1
+  fused_cpu_kernel: bool = True
 
   @property
   def num_directions(self) -> int:
@@ -481,7 +493,8 @@ class Recurrent(nn.Module):
         x_dir = reverse_within_lengths(x, lengths, time_axis=1) if direction else x
         carry = initial_carry[layer * self.num_directions + direction]
         out, carry = recurrent_layer(self.cell, x_dir, w["w_ih"], w["b_ih"], w["w_hh"],
-                                     w["b_hh"], carry, mask, self.unroll, time_axis=1)
+                                     w["b_hh"], carry, mask, self.unroll, time_axis=1,
+                                     fused=self.fused_cpu_kernel)
         outputs.append(reverse_within_lengths(out, lengths, time_axis=1) if direction else out)
         final_carry.append(carry)
       x = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)

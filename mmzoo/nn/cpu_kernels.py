@@ -1,0 +1,337 @@
+"""The LSTM recurrence as one fused CPU kernel (an XLA FFI call), built on first use.
+
+XLA's CPU runtime runs a scanned LSTM as a dozen small ops per time step,
+each dispatched on its own; `kernels/lstm_cpu.cc` runs a whole sequence in one
+call, with the gate math fused into the recurrent matmul's epilogue, as
+oneDNN's RNN primitive does for PyTorch. The input projection and the weight
+gradients stay large XLA matmuls. benchmarks/RESULTS.md has the measurements.
+
+The kernel needs x86-64 with AVX-512 (F and DQ), Linux and a C++20 compiler
+(`$CXX`, else g++, c++ or clang++). It is compiled once against JAX's FFI
+headers into `$MMZOO_CACHE_DIR` (default `~/.cache/mmzoo`), keyed by the
+source, the compiler and the JAX version, and takes ~8 s. Where any of that
+is missing `recurrent.py` keeps its XLA loop, and says why once (INFO log).
+Both compute the same function (tests/test_cpu_kernels.py).
+
+`MMZOO_CPU_KERNELS`: unset, the kernel runs where it fits in a process with
+one CPU device (see `lstm_applies`); `1` also with several; `0` never.
+
+Under `jit` with sharded inputs the calls are partitioned over the batch
+(`custom_partitioning`): each device runs its own rows, as it would the XLA loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+_SOURCE = Path(__file__).with_name("kernels") / "lstm_cpu.cc"
+_FORWARD, _BACKWARD = "mmzoo_lstm_forward", "mmzoo_lstm_backward"
+_FLAGS = ("-O3", "-std=c++20", "-mavx512f", "-mavx512dq", "-mfma", "-shared", "-fPIC")
+POLICY_ENV = "MMZOO_CPU_KERNELS"  # "0": never; "1": wherever it fits; unset: see lstm_applies.
+HIDDEN_MULTIPLE = 64  # The kernel's tiles need hidden % 64 == 0.
+
+_log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_loaded: bool | None = None  # None until the first `available()`.
+
+
+def available() -> bool:
+  """Whether the fused LSTM kernel is built and registered (builds it on the first call)."""
+  global _loaded
+  with _lock:
+    if _loaded is None:
+      _loaded = _load()
+    return _loaded
+
+
+def lstm_applies(x: jax.Array, w_hh: jax.Array, carry, mask) -> bool:
+  """Whether `recurrent.py` should run this LSTM layer through the fused kernel.
+
+  It must fit the kernel (no mask, float32, hidden a multiple of 64, on CPU,
+  the kernel built), and by default (`MMZOO_CPU_KERNELS` unset) the process
+  must have a single CPU device: with one device per core, as the launchers
+  split a CPU, the default char model trained 5-20% slower with the kernel
+  than with the XLA loop (benchmarks/RESULTS.md); `MMZOO_CPU_KERNELS=1` uses
+  it there too, `=0` nowhere.
+  """
+  h0, c0 = carry
+  policy = os.environ.get(POLICY_ENV, "auto")
+  if policy == "0" or (policy != "1" and jax.local_device_count("cpu") > 1):
+    return False
+  return (mask is None and w_hh.shape[0] % HIDDEN_MULTIPLE == 0
+          and all(a.dtype == jnp.float32 for a in (x, w_hh, h0, c0))
+          and jax.default_backend() == "cpu" and available())
+
+
+def _unsupported() -> str | None:
+  """Why the kernel cannot run here, or None."""
+  if os.environ.get(POLICY_ENV, "1") == "0":
+    return f"{POLICY_ENV}=0"
+  if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+    return f"needs Linux on x86-64, not {platform.system()} on {platform.machine()}"
+  try:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+  except OSError as e:
+    return f"cannot read /proc/cpuinfo ({e})"
+  flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                if line.startswith("flags")), [])
+  missing = [f for f in ("avx512f", "avx512dq", "fma") if f not in flags]
+  if missing:
+    return f"the CPU lacks {', '.join(missing)}"
+  if _compiler() is None:
+    return "no C++ compiler ($CXX, g++, c++ or clang++) found"
+  return None
+
+
+def _compiler() -> str | None:
+  return os.environ.get("CXX") or next(
+      (c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
+
+
+def _jaxlib_version() -> str:
+  try:
+    return importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    return jax.__version__
+
+
+def _cache_dir() -> Path:
+  root = os.environ.get("MMZOO_CACHE_DIR") or Path(
+      os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmzoo"
+  return Path(root) / "kernels"
+
+
+def _build() -> Path:
+  """Compiles the kernel into the cache (once per source, compiler and JAX version)."""
+  compiler = _compiler()
+  include = jax.ffi.include_dir()
+  source = _SOURCE.read_bytes()
+  key = hashlib.sha256(b"\0".join(
+      [source, compiler.encode(), " ".join(_FLAGS).encode(), _jaxlib_version().encode()])
+  ).hexdigest()[:16]
+  for cache in (_cache_dir(), Path(tempfile.gettempdir()) / f"mmzoo-kernels-{os.getuid()}"):
+    target = cache / f"lstm_cpu-{key}.so"
+    if target.exists():
+      return target
+    try:
+      cache.mkdir(parents=True, exist_ok=True)
+      fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+      os.close(fd)
+    except OSError:
+      continue  # not writable: try the next place
+    start = time.perf_counter()
+    try:
+      subprocess.run([compiler, *_FLAGS, "-I", include, str(_SOURCE), "-o", tmp], check=True,
+                     capture_output=True, text=True, timeout=600)
+      os.replace(tmp, target)  # atomic: concurrent builders each leave a whole file
+    finally:
+      if os.path.exists(tmp):
+        os.unlink(tmp)
+    _log.info("built the fused LSTM CPU kernel in %.1f s: %s", time.perf_counter() - start,
+              target)
+    return target
+  raise OSError(f"no writable cache directory for the kernel ({_cache_dir()})")
+
+
+def _load() -> bool:
+  reason = _unsupported()
+  if reason is None:
+    try:
+      lib = ctypes.CDLL(str(_build()))
+      jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.MmzooLstmForward),
+                                  platform="cpu")
+      jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.MmzooLstmBackward),
+                                  platform="cpu")
+      return True
+    except subprocess.CalledProcessError as e:
+      last = (e.stderr or "").strip().splitlines()[-1:] or ["(no output)"]
+      reason = f"compiling {_SOURCE.name} failed: {last[0]}"
+    except (OSError, subprocess.TimeoutExpired, AttributeError) as e:  # AttributeError: no symbol
+      reason = f"{type(e).__name__}: {e}"
+  _log.info("fused LSTM CPU kernel not used (%s); LSTM layers run as XLA loops", reason)
+  return False
+
+
+# --- the FFI calls, partitioned over the batch --------------------------------------------
+
+def _seq(axis: int, batch: int, steps: int, width: int) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct((batch, steps, width) if axis else (steps, batch, width),
+                              jnp.float32)
+
+
+def _forward_call(axis: int, save: bool, xw, bias, w_hh, h0, c0):
+  steps, batch, hidden = xw.shape[axis], xw.shape[1 - axis], w_hh.shape[0]
+  out = (_seq(axis, batch, steps, hidden), _seq(axis, batch, steps, hidden),
+         _seq(axis, batch, steps, 4 * hidden if save else 0))
+  # (Aliasing `act` to `xw` would save memory, but XLA then copies `xw` first.)
+  return jax.ffi.ffi_call(_FORWARD, out, vmap_method="sequential")(xw, bias, w_hh, h0, c0,
+                                                    batch_major=np.int64(axis),
+                                                    max_threads=_threads_per_device())
+
+
+def _threads_per_device() -> np.int64:
+  """The cores each of this process's CPU devices may use (1 with one device per core)."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return np.int64(max(1, (cores or 1) // jax.local_device_count("cpu")))
+
+
+def _backward_call(axis: int, act, cs, c0, w_hh, d_hs, d_hT, d_cT):
+  batch, hidden = c0.shape
+  out = (jax.ShapeDtypeStruct(act.shape, act.dtype), jax.ShapeDtypeStruct(c0.shape, c0.dtype),
+         jax.ShapeDtypeStruct(c0.shape, c0.dtype),
+         jax.ShapeDtypeStruct((batch, 4 * hidden), act.dtype))
+  # The gate gradients overwrite the saved activations in place.
+  return jax.ffi.ffi_call(_BACKWARD, out, input_output_aliases={0: 0},
+                          vmap_method="sequential")(act, cs, c0, w_hh, d_hs, d_hT, d_cT,
+                                                    batch_major=np.int64(axis),
+                                                    max_threads=_threads_per_device())
+
+
+def _batch_partitioned(call, static: tuple, kinds_in: str, kinds_out: str, rule: str):
+  """`call(*static, *arrays)`, each device running its own rows of the batch.
+
+  `kinds_*` give each array's role: "s" a sequence (`[T, B, ..]` or `[B, T,
+  ..]` by `static[0]`, the time axis), "b" a `[B, H]` state, "w" a weight
+  (replicated). Every other dimension is replicated.
+  """
+
+  def spec(kind: str, axis: int, batch_axes):
+    if kind == "w":
+      return P()
+    return P(None, batch_axes) if kind == "s" and axis == 0 else P(batch_axes)
+
+  def shardings(mesh, axis, batch_axes, kinds):
+    return tuple(NamedSharding(mesh, spec(k, axis, batch_axes)) for k in kinds)
+
+  def batch_axes_of(axis, arg_shapes):
+    first = arg_shapes[0].sharding.spec  # a sequence: its batch dim is 1 - axis
+    return first[1 - axis] if len(first) > 1 - axis else None
+
+  def partition(*args):
+    statics, (mesh, arg_shapes, _) = args[:len(static)], args[len(static):]
+    axis = statics[0]
+    batch_axes = batch_axes_of(axis, arg_shapes)
+    return (mesh, functools.partial(call, *statics),
+            shardings(mesh, axis, batch_axes, kinds_out),
+            shardings(mesh, axis, batch_axes, kinds_in))
+
+  def infer(*args):  # for the GSPMD partitioner (jax_use_shardy_partitioner=False)
+    statics, (mesh, arg_shapes, _) = args[:len(static)], args[len(static):]
+    return shardings(mesh, statics[0], batch_axes_of(statics[0], arg_shapes), kinds_out)
+
+  wrapped = custom_partitioning(call, static_argnums=tuple(range(len(static))))
+  wrapped.def_partition(partition=partition, infer_sharding_from_operands=infer,
+                        sharding_rule=rule)
+  return _mapped_under_vmap(functools.partial(wrapped, *static))
+
+
+def _mapped_under_vmap(op):
+  """`op`, which under `jax.vmap` runs once per mapped element (`lax.map`).
+
+  `custom_partitioning` has no batching rule of its own.
+  """
+
+  @jax.custom_batching.custom_vmap
+  def mapped(*args):
+    return op(*args)
+
+  @mapped.def_vmap
+  def _rule(axis_size, in_batched, *args):
+    args = tuple(a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
+                 for a, batched in zip(args, in_batched, strict=True))
+    out = jax.lax.map(lambda a: mapped(*a), args)
+    return out, jax.tree.map(lambda _: True, out)
+
+  return mapped
+
+
+@functools.cache
+def _forward_op(axis: int, save: bool):
+  s = (lambda w: f"b t {w}") if axis else (lambda w: f"t b {w}")
+  rule = f"{s('g')}, g, h g, b h, b h -> {s('h')}, {s('h')}, {s('k')}"
+  return _batch_partitioned(_forward_call, (axis, save), "swwbb", "sss", rule)
+
+
+@functools.cache
+def _backward_op(axis: int):
+  s = (lambda w: f"b t {w}") if axis else (lambda w: f"t b {w}")
+  rule = f"{s('g')}, {s('h')}, b h, h g, {s('h')}, b h, b h -> {s('g')}, b h, b h, b g"
+  return _batch_partitioned(_backward_call, (axis,), "ssbwsbb", "sbbb", rule)
+
+
+# --- the differentiable layer --------------------------------------------------------------
+
+def lstm_layer(axis: int, x, w_ih, b_ih, w_hh, b_hh, carry):
+  """One LSTM layer over time through the fused kernel: `(outputs, (h_T, c_T))`.
+
+  The arguments are `recurrent.recurrent_layer`'s (`axis` its `time_axis`),
+  without a mask; `w_ih` None means `x` is the input projection already
+  (with its biases). Check `lstm_applies` first.
+  """
+  return _lstm(axis, x, w_ih, b_ih, w_hh, b_hh, carry)
+
+
+def _run_forward(axis, x, w_ih, b_ih, w_hh, b_hh, carry, save: bool):
+  xw = x if w_ih is None else x @ w_ih  # all time steps in one matmul
+  biases = [b for b in (b_ih, b_hh) if b is not None]
+  bias = sum(biases[1:], biases[0]) if biases else jnp.zeros(xw.shape[-1:], xw.dtype)
+  h0, c0 = carry
+  hs, cs, act = _forward_op(axis, save)(xw, bias, w_hh, h0, c0)  # adds the bias
+  last = functools.partial(jax.lax.index_in_dim, index=hs.shape[axis] - 1, axis=axis,
+                           keepdims=False)
+  return (hs, (last(hs), last(cs))), (hs, cs, act)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _lstm(axis, x, w_ih, b_ih, w_hh, b_hh, carry):
+  out, _ = _run_forward(axis, x, w_ih, b_ih, w_hh, b_hh, carry, save=False)
+  return out
+
+
+def _lstm_fwd(axis, x, w_ih, b_ih, w_hh, b_hh, carry):
+  out, (hs, cs, act) = _run_forward(axis, x, w_ih, b_ih, w_hh, b_hh, carry, save=True)
+  return out, (x, w_ih, b_ih, w_hh, b_hh, carry, hs, cs, act)
+
+
+def _lstm_bwd(axis, residuals, cotangents):
+  x, w_ih, b_ih, w_hh, b_hh, (h0, c0), hs, cs, act = residuals
+  d_hs, (d_hT, d_cT) = cotangents
+  dz, d_h0, d_c0, d_b_rows = _backward_op(axis)(act, cs, c0, w_hh, d_hs, d_hT, d_cT)
+  # h_{t-1} of every step, then the weight gradients as one matmul each over all steps.
+  steps = hs.shape[axis]
+  h_prev = jnp.concatenate(
+      [jnp.expand_dims(h0, axis), jax.lax.slice_in_dim(hs, 0, steps - 1, axis=axis)], axis=axis)
+
+  def weight_grad(inputs, d):
+    rows = inputs.shape[0] * inputs.shape[1]
+    return inputs.reshape(rows, -1).T @ d.reshape(rows, -1)
+
+  d_b = d_b_rows.sum(axis=0)
+  if w_ih is None:
+    d_x, d_w_ih = dz, None
+  else:
+    d_x, d_w_ih = dz @ w_ih.T, weight_grad(x, dz)
+  return (d_x, d_w_ih, None if b_ih is None else d_b, weight_grad(h_prev, dz),
+          None if b_hh is None else d_b, (d_h0, d_c0))
+
+
+_lstm.defvjp(_lstm_fwd, _lstm_bwd)

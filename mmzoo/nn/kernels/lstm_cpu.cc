@@ -1,0 +1,370 @@
+// The LSTM recurrence on x86-64 CPUs with AVX-512, float32, as XLA FFI calls.
+//
+// What XLA's CPU runtime runs as a dozen small ops per time step (the
+// recurrent matmul, slices, gate fusions, in-place writes) runs here as one
+// call per sequence: the recurrent matmul with the gate math fused into its
+// epilogue, as oneDNN's RNN primitive does. The input projection and the
+// weight gradients stay large XLA matmuls (mmzoo/nn/cpu_kernels.py).
+//
+// Gate math is PyTorch's: [i, f, g, o] = xw + b + h W_hh (xw = x W_ih, b the
+// sum of both biases), c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c').
+//
+// mmzoo_lstm_forward(xw [.., 4H], b [4H], w_hh [H, 4H], h0 [B, H], c0 [B, H])
+//     -> hs [.., H], cs [.., H], act [.., 4H or 0]
+//   hs, cs: h_t and c_t of every step; act: the activations [i, f, g, o] of
+//   every step, for the backward pass (a zero-width act skips them).
+// mmzoo_lstm_backward(act, cs, c0, w_hh, d_hs [.., H], d_hT [B, H], d_cT [B, H])
+//     -> dz [.., 4H], d_h0 [B, H], d_c0 [B, H], d_b_rows [B, 4H]
+//   dz: the gradient of every step's gate pre-activations, from which the
+//   caller gets dW_ih, dW_hh and x's gradient as matmuls; d_b_rows: dz summed
+//   over time, per row (the bias gradient is its sum over rows).
+// "..": [T, B] with batch_major = 0, [B, T] with batch_major = 1.
+// Requires H % 64 == 0 (checked by the caller and here).
+//
+// Threads: each step splits over hidden units into units of work that the
+// calling thread and up to max_threads - 1 tasks on XLA's intra-op pool claim
+// one at a time; a step's units start once the previous step's are all done.
+// A task that starts late, or never, holds nobody up. The caller sets
+// max_threads to the cores per CPU device, so that devices running side by
+// side (one per core) do not crowd each other out.
+
+#include <immintrin.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// exp(x), Cephes' single-precision polynomial after range reduction; NaN
+// passes through (the clamps keep their NaN operand second).
+inline __m512 Exp(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);
+  x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln 2, split in two
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(y, n);
+}
+
+inline __m512 Sigmoid(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, Exp(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+inline __m512 Tanh(__m512 x) {  // 2 sigmoid(2x) - 1
+  return _mm512_fmsub_ps(_mm512_set1_ps(2.0f), Sigmoid(_mm512_add_ps(x, x)), _mm512_set1_ps(1.0f));
+}
+
+// acc[r][q] = sum_k a[r * lda + k] * panel[k * 64 + 16 q ..], for MR rows and
+// 64 columns, the columns packed contiguously per k.
+template <int MR>
+inline void Tile(const float* a, int64_t lda, const float* panel, int64_t depth,
+                 __m512 acc[MR][4]) {
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < depth; ++k) {
+    const float* p = panel + k * 64;
+    const __m512 b0 = _mm512_loadu_ps(p), b1 = _mm512_loadu_ps(p + 16),
+                 b2 = _mm512_loadu_ps(p + 32), b3 = _mm512_loadu_ps(p + 48);
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+      acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(av, b2, acc[r][2]);
+      acc[r][3] = _mm512_fmadd_ps(av, b3, acc[r][3]);
+    }
+  }
+}
+
+// Calls body.template operator()<MR>(row) over `rows` rows in tiles of at most 6.
+template <class Body>
+inline void ForRowTiles(int64_t rows, const Body& body) {
+  int64_t r = 0;
+  for (; r + 6 <= rows; r += 6) body.template operator()<6>(r);
+  switch (rows - r) {
+    case 5: body.template operator()<5>(r); break;
+    case 4: body.template operator()<4>(r); break;
+    case 3: body.template operator()<3>(r); break;
+    case 2: body.template operator()<2>(r); break;
+    case 1: body.template operator()<1>(r); break;
+    default: break;
+  }
+}
+
+// Strides, in floats, of a [.., width] array: step t at t * step, row b at b * row.
+struct Strides {
+  int64_t step, row;
+};
+Strides StridesOf(bool batch_major, int64_t steps, int64_t batch, int64_t width) {
+  return batch_major ? Strides{width, steps * width} : Strides{batch * width, width};
+}
+
+// Waits until `counter` reaches `target`: spins, then yields the core (when
+// there are more runnable threads than cores, as with many fake devices).
+inline void WaitFor(const std::atomic<int64_t>& counter, int64_t target) {
+  for (int spin = 0; counter.load(std::memory_order_acquire) < target; ++spin) {
+    if (spin < 4096) {
+      _mm_pause();
+    } else {
+      sched_yield();
+    }
+  }
+}
+
+struct Progress {
+  std::atomic<int64_t> next{0};  // the next unit to claim, over all phases
+  std::atomic<int64_t> done{0};  // units finished
+};
+
+// Runs fn(phase, unit) for every phase < phases and unit < units; phase p's
+// units wait for all of phase p-1's. Returns when all are done.
+template <class Fn>
+void RunPhases(ffi::ThreadPool& pool, int64_t max_threads, int64_t phases, int64_t units,
+               const Fn& fn) {
+  const int64_t total = phases * units;
+  auto progress = std::make_shared<Progress>();
+  auto work = [progress, total, units, fn]() {
+    for (;;) {
+      const int64_t claim = progress->next.fetch_add(1, std::memory_order_relaxed);
+      if (claim >= total) return;  // a late helper touches nothing else
+      const int64_t phase = claim / units;
+      WaitFor(progress->done, phase * units);
+      fn(phase, claim - phase * units);
+      progress->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min({pool.num_threads(), max_threads, units}) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule(decltype(work)(work));
+  work();
+  WaitFor(progress->done, total);
+}
+
+// W_hh [H, 4H] as panels for the forward tiles: [H/16][H][64], panel j
+// holding the i, f, g and o columns of hidden units 16j .. 16j + 15, so that
+// one tile of 64 columns has all four gates of 16 units.
+void PackForward(const float* w, int64_t hidden, float* packed) {
+  for (int64_t j = 0; j < hidden / 16; ++j)
+    for (int64_t k = 0; k < hidden; ++k)
+      for (int gate = 0; gate < 4; ++gate)
+        std::memcpy(packed + (j * hidden + k) * 64 + gate * 16,
+                    w + k * 4 * hidden + gate * hidden + j * 16, 16 * sizeof(float));
+}
+
+// W_hh^T [4H, H] as panels for the backward tiles: [H/64][4H][64], panel n
+// holding output units 64n .. 64n + 63.
+void PackBackward(const float* w, int64_t hidden, float* packed) {
+  for (int64_t n = 0; n < hidden / 64; ++n)
+    for (int64_t k = 0; k < 4 * hidden; ++k)
+      for (int c = 0; c < 64; ++c)
+        packed[(n * 4 * hidden + k) * 64 + c] = w[(n * 64 + c) * 4 * hidden + k];
+}
+
+// Per-thread scratch, reused across calls (the packed weights, the backward carries).
+std::vector<float>& Scratch(int which, size_t size) {
+  thread_local std::vector<float> buffers[3];
+  buffers[which].resize(size);
+  return buffers[which];
+}
+
+ffi::Error CheckShapes(int64_t batch_major, ffi::Span<const int64_t> seq, int64_t hidden) {
+  if (seq.size() != 3 || (batch_major != 0 && batch_major != 1))
+    return ffi::Error::InvalidArgument("mmzoo_lstm: expected [T, B, 4H] or [B, T, 4H] inputs");
+  if (hidden <= 0 || hidden % 64 != 0 || seq[2] != 4 * hidden)
+    return ffi::Error::InvalidArgument("mmzoo_lstm: hidden size must be a multiple of 64");
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> bias,
+                   ffi::Buffer<ffi::F32> w_hh,
+                   ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                   ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs,
+                   ffi::ResultBuffer<ffi::F32> act, int64_t batch_major, int64_t max_threads) {
+  const auto dims = xw.dimensions();
+  const int64_t hidden = w_hh.dimensions()[0];
+  if (ffi::Error error = CheckShapes(batch_major, dims, hidden); error.failure()) return error;
+  if (bias.element_count() != static_cast<size_t>(4 * hidden))
+    return ffi::Error::InvalidArgument("mmzoo_lstm_forward: the bias must have 4H entries");
+  const int64_t steps = dims[batch_major], batch = dims[1 - batch_major];
+  if (steps == 0 || batch == 0) return ffi::Error::Success();
+  std::vector<float>& packed = Scratch(0, 4 * hidden * hidden);
+  PackForward(w_hh.typed_data(), hidden, packed.data());
+  const Strides s4 = StridesOf(batch_major, steps, batch, 4 * hidden);
+  const Strides s1 = StridesOf(batch_major, steps, batch, hidden);
+  const bool save = act->element_count() > 0;
+  const float* x = xw.typed_data();
+  const float* b_all = bias.typed_data();
+  const float* wp = packed.data();
+  const float *h_init = h0.typed_data(), *c_init = c0.typed_data();
+  float *h_out = hs->typed_data(), *c_out = cs->typed_data(), *a_out = act->typed_data();
+
+  // Unit u of step t: hidden units 16u .. 16u + 15 of every row.
+  auto unit = [=](int64_t t, int64_t u) {
+    const float* h_prev = t ? h_out + (t - 1) * s1.step : h_init;
+    const float* c_prev = t ? c_out + (t - 1) * s1.step : c_init;
+    const int64_t prev_row = t ? s1.row : hidden;
+    const float* panel = wp + u * hidden * 64;
+    const int64_t j = u * 16;
+    const float* bias_j = b_all + j;  // loaded per row: held in registers, it spills the tile's
+    ForRowTiles(batch, [&]<int MR>(int64_t r0) {
+      __m512 acc[MR][4];
+      Tile<MR>(h_prev + r0 * prev_row, prev_row, panel, hidden, acc);
+      for (int r = 0; r < MR; ++r) {
+        const int64_t b = r0 + r;
+        const float* xr = x + t * s4.step + b * s4.row + j;  // read before act overwrites it
+        const auto pre = [&](int gate) {
+          return _mm512_add_ps(_mm512_add_ps(acc[r][gate], _mm512_loadu_ps(xr + gate * hidden)),
+                               _mm512_loadu_ps(bias_j + gate * hidden));
+        };
+        const __m512 i = Sigmoid(pre(0)), f = Sigmoid(pre(1)), g = Tanh(pre(2)),
+                     o = Sigmoid(pre(3));
+        const __m512 c = _mm512_fmadd_ps(f, _mm512_loadu_ps(c_prev + b * prev_row + j),
+                                         _mm512_mul_ps(i, g));
+        _mm512_storeu_ps(c_out + t * s1.step + b * s1.row + j, c);
+        _mm512_storeu_ps(h_out + t * s1.step + b * s1.row + j, _mm512_mul_ps(o, Tanh(c)));
+        if (save) {
+          float* ar = a_out + t * s4.step + b * s4.row + j;
+          _mm512_storeu_ps(ar, i);
+          _mm512_storeu_ps(ar + hidden, f);
+          _mm512_storeu_ps(ar + 2 * hidden, g);
+          _mm512_storeu_ps(ar + 3 * hidden, o);
+        }
+      }
+    });
+  };
+  RunPhases(pool, max_threads, steps, hidden / 16, unit);
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> act, ffi::Buffer<ffi::F32> cs,
+                    ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> w_hh,
+                    ffi::Buffer<ffi::F32> d_hs, ffi::Buffer<ffi::F32> d_hT,
+                    ffi::Buffer<ffi::F32> d_cT, ffi::ResultBuffer<ffi::F32> dz,
+                    ffi::ResultBuffer<ffi::F32> d_h0, ffi::ResultBuffer<ffi::F32> d_c0,
+                    ffi::ResultBuffer<ffi::F32> d_b_rows, int64_t batch_major,
+                    int64_t max_threads) {
+  const auto dims = act.dimensions();
+  const int64_t hidden = w_hh.dimensions()[0];
+  if (ffi::Error error = CheckShapes(batch_major, dims, hidden); error.failure()) return error;
+  const int64_t steps = dims[batch_major], batch = dims[1 - batch_major];
+  if (batch == 0) return ffi::Error::Success();
+  std::vector<float>& packed = Scratch(1, 4 * hidden * hidden);
+  PackBackward(w_hh.typed_data(), hidden, packed.data());
+  // The carries dh, dc: [B, H] each.
+  std::vector<float>& carries = Scratch(2, 2 * batch * hidden);
+  float* dh = carries.data();
+  float* dc = dh + batch * hidden;
+  std::memcpy(dh, d_hT.typed_data(), batch * hidden * sizeof(float));
+  std::memcpy(dc, d_cT.typed_data(), batch * hidden * sizeof(float));
+  const Strides s4 = StridesOf(batch_major, steps, batch, 4 * hidden);
+  const Strides s1 = StridesOf(batch_major, steps, batch, hidden);
+  const float *a_in = act.typed_data(), *c_in = cs.typed_data(), *c_init = c0.typed_data();
+  const float* dy = d_hs.typed_data();
+  const float* wp = packed.data();
+  float* dz_out = dz->typed_data();
+
+  // Unit u covers hidden units 64u .. 64u + 63. Phase 2q handles step t =
+  // T-1-q's gates for them (dz_t, dc := dc_t f, and d_b_rows += dz_t); phase
+  // 2q+1 computes their dh := dz_t W_hh^T, which the unit's next elementwise
+  // phase reads. (Splitting the rows as well, into finer units, was slower:
+  // each part streams the unit's whole 4H x 64 panel again.)
+  float* db = d_b_rows->typed_data();
+  std::memset(db, 0, batch * 4 * hidden * sizeof(float));
+  auto unit = [=](int64_t phase, int64_t u) {
+    const int64_t t = steps - 1 - phase / 2;
+    const int64_t block = u;
+    float* dz_t = dz_out + t * s4.step;
+    if (phase % 2 == 1) {
+      const float* panel = wp + block * 4 * hidden * 64;
+      ForRowTiles(batch, [&]<int MR>(int64_t r0) {
+        __m512 acc[MR][4];
+        Tile<MR>(dz_t + r0 * s4.row, s4.row, panel, 4 * hidden, acc);
+        for (int k = 0; k < MR; ++k)
+          for (int q = 0; q < 4; ++q)
+            _mm512_storeu_ps(dh + (r0 + k) * hidden + block * 64 + q * 16, acc[k][q]);
+      });
+      return;
+    }
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const float* c_prev = t ? c_in + (t - 1) * s1.step : c_init;
+    const int64_t prev_row = t ? s1.row : hidden;
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t j = block * 64; j < block * 64 + 64; j += 16) {
+        const float* a = a_in + t * s4.step + b * s4.row + j;  // read before dz overwrites it
+        const __m512 i = _mm512_loadu_ps(a), f = _mm512_loadu_ps(a + hidden),
+                     g = _mm512_loadu_ps(a + 2 * hidden), o = _mm512_loadu_ps(a + 3 * hidden);
+        const __m512 tc = Tanh(_mm512_loadu_ps(c_in + t * s1.step + b * s1.row + j));
+        const __m512 dhv = _mm512_add_ps(_mm512_loadu_ps(dh + b * hidden + j),
+                                         _mm512_loadu_ps(dy + t * s1.step + b * s1.row + j));
+        const __m512 dcv = _mm512_fmadd_ps(_mm512_mul_ps(dhv, o), _mm512_fnmadd_ps(tc, tc, one),
+                                           _mm512_loadu_ps(dc + b * hidden + j));
+        const __m512 cp = _mm512_loadu_ps(c_prev + b * prev_row + j);
+        // d sigmoid = s (1 - s) = s - s^2;  d tanh = 1 - t^2.
+        const __m512 d[4] = {
+            _mm512_mul_ps(_mm512_mul_ps(dcv, g), _mm512_fnmadd_ps(i, i, i)),
+            _mm512_mul_ps(_mm512_mul_ps(dcv, cp), _mm512_fnmadd_ps(f, f, f)),
+            _mm512_mul_ps(_mm512_mul_ps(dcv, i), _mm512_fnmadd_ps(g, g, one)),
+            _mm512_mul_ps(_mm512_mul_ps(dhv, tc), _mm512_fnmadd_ps(o, o, o))};
+        for (int gate = 0; gate < 4; ++gate) {
+          _mm512_storeu_ps(dz_t + b * s4.row + j + gate * hidden, d[gate]);
+          float* sum = db + b * 4 * hidden + j + gate * hidden;
+          _mm512_storeu_ps(sum, _mm512_add_ps(_mm512_loadu_ps(sum), d[gate]));
+        }
+        _mm512_storeu_ps(dc + b * hidden + j, _mm512_mul_ps(dcv, f));
+      }
+    }
+  };
+  RunPhases(pool, max_threads, 2 * steps, hidden / 64, unit);
+  std::memcpy(d_h0->typed_data(), dh, batch * hidden * sizeof(float));
+  std::memcpy(d_c0->typed_data(), dc, batch * hidden * sizeof(float));
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MmzooLstmForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // xw
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // bias
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // w_hh
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // h0
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // c0
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // hs
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // cs
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // act
+                                  .Attr<int64_t>("batch_major")
+                                  .Attr<int64_t>("max_threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MmzooLstmBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // act
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // cs
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // c0
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // w_hh
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // d_hs
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // d_hT
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // d_cT
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dz
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // d_h0
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // d_c0
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // d_b_rows
+                                  .Attr<int64_t>("batch_major")
+                                  .Attr<int64_t>("max_threads"));

@@ -1,0 +1,257 @@
+"""Tests for mmzoo.nn.cpu_kernels: the fused LSTM CPU kernel against PyTorch and the XLA loop.
+
+The kernel computes in float32 only, so it is checked against PyTorch in
+float32 and against mmzoo's XLA loop (itself checked against PyTorch in float64
+in test_recurrent.py). Every comparison first asserts that the kernel really ran.
+The tests that need the kernel skip, with the reason, where it cannot be built.
+"""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import launcher_env
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mmzoo.nn import cpu_kernels
+from mmzoo.nn.recurrent import Recurrent, from_torch, scan_layer
+
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def _close(ours, ref, **kw):
+  """Equal to float32 rounding: 1e-5 relative, or 1e-5 of the array's largest entry."""
+  ref = np.asarray(ref)
+  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()), **kw)
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+  """Turns the kernel on for this test (the test process has 8 CPU devices)."""
+  monkeypatch.setenv(cpu_kernels.POLICY_ENV, "1")
+  if not cpu_kernels.available():
+    pytest.skip(f"the fused LSTM kernel cannot run here: {cpu_kernels._unsupported()}")
+
+
+def _uses_kernel(fn, *args) -> bool:
+  text = jax.jit(fn).lower(*args).as_text()
+  return "mmzoo_lstm_forward" in text
+
+
+def _loss_fn(module, proj):
+  """A loss of the outputs and of every final h and c, so that all cotangents are nonzero."""
+
+  def loss(params, x, carry):
+    y, final = module.apply({"params": params}, x, initial_carry=carry)
+    extra = sum(jnp.sum(h * 0.3) + jnp.sum(c * -0.7) for h, c in final)
+    return jnp.sum(y * proj) + extra
+
+  return loss
+
+
+def _random_carry(rng, count, batch, hidden):
+  return tuple((jnp.asarray(rng.normal(size=(batch, hidden)), jnp.float32),
+                jnp.asarray(rng.normal(size=(batch, hidden)), jnp.float32))
+               for _ in range(count))
+
+
+def test_matches_torch_lstm(kernel):
+  """Outputs, final states and every gradient against torch.nn.LSTM, float32."""
+  torch = pytest.importorskip("torch", reason="torch is not importable; this parity test needs it")
+  B, T, F, H, L = 7, 9, 24, 64, 2
+  torch.manual_seed(0)
+  tmod = torch.nn.LSTM(F, H, num_layers=L, bidirectional=True, batch_first=True)
+  module, params = from_torch({k: v.detach().numpy() for k, v in tmod.state_dict().items()},
+                              "lstm", L, bidirectional=True)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(B, T, F)).astype(np.float32)
+  h0 = rng.normal(size=(2 * L, B, H)).astype(np.float32)
+  c0 = rng.normal(size=(2 * L, B, H)).astype(np.float32)
+  proj = rng.normal(size=(2 * H,)).astype(np.float32)
+
+  xt, h0t, c0t = (torch.tensor(a, requires_grad=True) for a in (x, h0, c0))
+  out_t, (hn_t, cn_t) = tmod(xt, (h0t, c0t))
+  loss_t = (out_t * torch.tensor(proj)).sum() + 0.3 * hn_t.sum() - 0.7 * cn_t.sum()
+  loss_t.backward()
+
+  carry = tuple((jnp.asarray(h0[k]), jnp.asarray(c0[k])) for k in range(2 * L))
+  loss = _loss_fn(module, jnp.asarray(proj))
+  assert _uses_kernel(jax.grad(loss, argnums=(0, 1, 2)), params, jnp.asarray(x), carry)
+  out, final = module.apply({"params": params}, jnp.asarray(x), initial_carry=carry)
+  np.testing.assert_allclose(out, out_t.detach().numpy(), **TOL)
+  np.testing.assert_allclose(jnp.stack([h for h, _ in final]), hn_t.detach().numpy(), **TOL)
+  np.testing.assert_allclose(jnp.stack([c for _, c in final]), cn_t.detach().numpy(), **TOL)
+
+  d_params, d_x, d_carry = jax.grad(loss, argnums=(0, 1, 2))(params, jnp.asarray(x), carry)
+  grad_tol = {"rtol": 1e-4, "atol": 1e-5}  # float32 sums over 9 steps x 7 examples
+  np.testing.assert_allclose(d_x, xt.grad.numpy(), **grad_tol)
+  np.testing.assert_allclose(jnp.stack([h for h, _ in d_carry]), h0t.grad.numpy(), **grad_tol)
+  np.testing.assert_allclose(jnp.stack([c for _, c in d_carry]), c0t.grad.numpy(), **grad_tol)
+  for name, p in tmod.named_parameters():  # weight_ih_l1_reverse -> l1_reverse/w_ih
+    kind, _, layer = name.partition("_l")
+    ours = d_params[f"l{layer}"][{"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih",
+                                  "bias_hh": "b_hh"}[kind]]
+    np.testing.assert_allclose(ours.T if kind.startswith("weight") else ours, p.grad.numpy(),
+                               err_msg=name, **grad_tol)
+
+
+@pytest.mark.parametrize("batch,hidden,layers", [(1, 64, 1), (13, 128, 2), (6, 64, 1)])
+def test_matches_the_xla_loop(kernel, batch, hidden, layers):
+  """Values and gradients equal the XLA loop's, across the kernel's row tiles (6, then the rest)."""
+  rng = np.random.default_rng(batch)
+  x = jnp.asarray(rng.normal(size=(batch, 11, 20)), jnp.float32)
+  proj = jnp.asarray(rng.normal(size=(hidden,)), jnp.float32)
+  carry = _random_carry(rng, layers, batch, hidden)
+  results = []
+  for fused in (True, False):
+    module = Recurrent(cell="lstm", hidden_size=hidden, num_layers=layers, fused_cpu_kernel=fused)
+    params = module.init(jax.random.PRNGKey(0), x)["params"]
+    loss = jax.value_and_grad(_loss_fn(module, proj), argnums=(0, 1, 2))
+    assert _uses_kernel(loss, params, x, carry) == fused
+    results.append(jax.jit(loss)(params, x, carry))
+  for ours, ref in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
+    _close(ours, ref)
+
+
+def test_time_major_scan_layer(kernel):
+  """`scan_layer` (time-major, input projection given) through the kernel equals the XLA loop."""
+  rng = np.random.default_rng(1)
+  T, B, H = 8, 5, 64
+  xw = jnp.asarray(rng.normal(size=(T, B, 4 * H)), jnp.float32)
+  w_hh = jnp.asarray(rng.normal(size=(H, 4 * H)) * 0.1, jnp.float32)
+  carry = _random_carry(rng, 1, B, H)[0]
+
+  def loss(xw, w_hh, carry, fused):
+    out, (h, c) = scan_layer("lstm", xw, w_hh, None, carry, None, fused=fused)
+    return jnp.sum(out * jnp.arange(H)) + jnp.sum(h) - 2 * jnp.sum(c)
+
+  assert _uses_kernel(lambda *a: loss(*a, True), xw, w_hh, carry)
+  ours, ref = (jax.value_and_grad(loss, argnums=(0, 1, 2))(xw, w_hh, carry, fused)
+               for fused in (True, False))
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+    _close(a, b)
+
+
+def test_sharded_batch_runs_per_device(kernel):
+  """8 devices, the batch sharded: each device runs its own rows; the result is 1 device's."""
+  assert jax.device_count() == 8
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(16, 7, 12)), jnp.float32)
+  module = Recurrent(cell="lstm", hidden_size=64, num_layers=2)
+  params = module.init(jax.random.PRNGKey(0), x)["params"]
+  proj = jnp.asarray(rng.normal(size=(64,)), jnp.float32)
+  carry = module.initialize_carry(16)
+  grad = jax.jit(jax.grad(_loss_fn(module, proj)))
+  single = grad(params, x, carry)
+
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  shard = lambda a: jax.device_put(a, NamedSharding(mesh, P("data")))  # noqa: E731
+  args = (jax.device_put(params, NamedSharding(mesh, P())), shard(x), jax.tree.map(shard, carry))
+  hlo = grad.lower(*args).compile().as_text()
+  calls = [line for line in hlo.splitlines() if 'custom_call_target="mmzoo_lstm_forward"' in line]
+  assert calls and all("f32[2,7,64]" in line for line in calls), calls  # 16 rows / 8 devices
+  assert "all-gather" not in hlo
+  sharded = grad(*args)
+  for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), strict=True):
+    _close(a, b)
+
+
+def test_vmap_maps_the_kernel(kernel):
+  """Per-example gradients under vmap equal one call per example."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(3, 2, 5, 4)), jnp.float32)
+  module = Recurrent(cell="lstm", hidden_size=64)
+  params = module.init(jax.random.PRNGKey(0), x[0])["params"]
+
+  def loss(params, x):
+    return jnp.sum(module.apply({"params": params}, x)[0] ** 2)
+
+  assert _uses_kernel(loss, params, x[0])
+  mapped = jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, x)
+  for i in range(3):
+    each = jax.grad(loss)(params, x[i])
+    for a, b in zip(jax.tree.leaves(mapped), jax.tree.leaves(each), strict=True):
+      _close(a[i], b)
+
+
+def test_nan_propagates(kernel):
+  """A NaN input makes its own example's outputs NaN, not a finite number; others stay finite."""
+  x = np.random.default_rng(4).normal(size=(3, 4, 8)).astype(np.float32)
+  x[1, 2, 5] = np.nan
+  module = Recurrent(cell="lstm", hidden_size=64)
+  params = module.init(jax.random.PRNGKey(0), jnp.zeros_like(x))["params"]
+  out, _ = jax.jit(module.apply)({"params": params}, jnp.asarray(x))
+  out = np.asarray(out)
+  assert np.isnan(out[1, 2:]).all() and np.isfinite(out[1, :2]).all()
+  assert np.isfinite(out[[0, 2]]).all()
+
+
+def test_when_the_kernel_applies(monkeypatch):
+  """Only fitting layers take the kernel; by default not with several CPU devices."""
+  x, w = jnp.zeros((2, 3, 4)), jnp.zeros((64, 256))
+  carry = (jnp.zeros((2, 64)), jnp.zeros((2, 64)))
+  monkeypatch.setenv(cpu_kernels.POLICY_ENV, "0")
+  assert not cpu_kernels.lstm_applies(x, w, carry, None)
+  monkeypatch.delenv(cpu_kernels.POLICY_ENV)
+  assert not cpu_kernels.lstm_applies(x, w, carry, None)  # 8 CPU devices in this process
+  monkeypatch.setenv(cpu_kernels.POLICY_ENV, "1")
+  if not cpu_kernels.available():
+    pytest.skip(f"the fused LSTM kernel cannot run here: {cpu_kernels._unsupported()}")
+  assert cpu_kernels.lstm_applies(x, w, carry, None)
+  assert not cpu_kernels.lstm_applies(x, w, carry, jnp.ones((2, 3, 1), bool))  # lengths
+  assert not cpu_kernels.lstm_applies(x, jnp.zeros((48, 192)), carry, None)  # 48 % 64 != 0
+  assert not cpu_kernels.lstm_applies(x.astype(jnp.bfloat16), w, carry, None)
+
+
+# The kernel from a fresh cache in a process with one CPU device (the default policy, the
+# calling thread plus helpers from XLA's pool on a multi-core machine), against the XLA loop.
+_FRESH = r"""
+import json, logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+import jax, jax.numpy as jnp, numpy as np
+from mmzoo.nn import cpu_kernels
+from mmzoo.nn.recurrent import Recurrent
+x = jnp.asarray(np.random.default_rng(0).normal(size=(13, 6, 10)), jnp.float32)
+out = {}
+for fused in (True, False):
+  m = Recurrent(cell="lstm", hidden_size=128, fused_cpu_kernel=fused)
+  p = m.init(jax.random.PRNGKey(0), x)["params"]
+  f = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(m.apply({"params": p}, x)[0]))))
+  out[fused] = (f(p, x), "mmzoo_lstm_forward" in f.lower(p, x).as_text())
+err = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(out[True][0]),
+                                                       jax.tree.leaves(out[False][0])))
+print(json.dumps({"kernel": out[True][1], "xla": out[False][1], "err": err}))
+"""
+
+
+def _run_fresh(tmp_path, **env):
+  run_env = launcher_env(devices=1)
+  run_env.pop(cpu_kernels.POLICY_ENV, None)
+  run_env.update(MMZOO_CACHE_DIR=str(tmp_path / "cache"), **env)
+  proc = subprocess.run([sys.executable, "-c", _FRESH], env=run_env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def test_fresh_build_runs_by_default_with_one_device(tmp_path):
+  if cpu_kernels._unsupported():
+    pytest.skip(f"the fused LSTM kernel cannot run here: {cpu_kernels._unsupported()}")
+  result, stderr = _run_fresh(tmp_path)
+  assert "built the fused LSTM CPU kernel" in stderr
+  assert len(list((tmp_path / "cache" / "kernels").glob("lstm_cpu-*.so"))) == 1
+  assert result["kernel"] and not result["xla"]
+  assert result["err"] < 1e-5
+
+
+def test_failed_build_falls_back_to_the_xla_loop(tmp_path):
+  """A compiler that fails leaves the XLA loop in place and says why; results are unchanged."""
+  result, stderr = _run_fresh(tmp_path, CXX="false")
+  assert not result["kernel"] and result["err"] == 0.0
+  assert "fused LSTM CPU kernel not used" in stderr
+  assert not list((tmp_path / "cache").rglob("*.so"))
