@@ -33,6 +33,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -131,6 +132,7 @@ inline void WaitFor(const std::atomic<int64_t>& counter, int64_t target) {
 struct Progress {
   std::atomic<int64_t> next{0};  // the next unit to claim, over all phases
   std::atomic<int64_t> done{0};  // units finished
+  std::atomic<int> owner{0};     // one thread only: 0 not yet taken, 1 a pool task, 2 the caller
 };
 
 // Runs fn(phase, unit) for every phase < phases and unit < units; phase p's
@@ -151,6 +153,30 @@ void RunPhases(ffi::ThreadPool& pool, int64_t max_threads, int64_t phases, int64
     }
   };
   const int64_t helpers = std::min({pool.num_threads(), max_threads, units}) - 1;
+  if (helpers <= 0 && pool.num_threads() > 0) {
+    // One thread does it all: preferably a pool thread, where XLA runs its own
+    // loops, while the calling thread sleeps rather than runs beside the pool's
+    // threads (with one device per core those are busy with the other devices).
+    // If no pool thread takes it up within ~100 us, the caller does it.
+    auto solo = [progress, work]() {
+      int unclaimed = 0;
+      if (progress->owner.compare_exchange_strong(unclaimed, 1)) {
+        work();
+        progress->done.notify_all();
+      }
+    };
+    pool.Schedule(decltype(solo)(solo));
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
+    while (progress->owner.load() == 0 && std::chrono::steady_clock::now() < give_up) _mm_pause();
+    int unclaimed = 0;
+    if (progress->owner.compare_exchange_strong(unclaimed, 2)) {
+      work();
+      return;
+    }
+    for (int64_t seen = progress->done.load(); seen < total; seen = progress->done.load())
+      progress->done.wait(seen);
+    return;
+  }
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule(decltype(work)(work));
   work();
   WaitFor(progress->done, total);
