@@ -68,10 +68,10 @@ def lstm_applies(x: jax.Array, w_hh: jax.Array, carry, mask) -> bool:
 
   It must fit the kernel (no mask, float32, hidden a multiple of 64, on CPU,
   the kernel built), and by default (`MMZOO_CPU_KERNELS` unset) the process
-  must have a single CPU device: with one device per core, as the launchers
-  split a CPU, the default char model trained 5-20% slower with the kernel
-  than with the XLA loop (benchmarks/RESULTS.md); `MMZOO_CPU_KERNELS=1` uses
-  it there too, `=0` nowhere.
+  must have a single CPU device: with one device per core, as the char
+  launcher splits a CPU, the default char model trained no faster with the
+  kernel than with the XLA loop, often slower (benchmarks/RESULTS.md, char_lm);
+  `MMZOO_CPU_KERNELS=1` uses it there too, `=0` nowhere.
   """
   h0, c0 = carry
   policy = os.environ.get(POLICY_ENV, "auto")
@@ -84,8 +84,6 @@ def lstm_applies(x: jax.Array, w_hh: jax.Array, carry, mask) -> bool:
 
 def _unsupported() -> str | None:
   """Why the kernel cannot run here, or None."""
-  if os.environ.get(POLICY_ENV, "1") == "0":
-    return f"{POLICY_ENV}=0"
   if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
     return f"needs Linux on x86-64, not {platform.system()} on {platform.machine()}"
   try:
@@ -153,21 +151,24 @@ def _build() -> Path:
 
 
 def _load() -> bool:
-  reason = _unsupported()
+  reason, level = _unsupported(), logging.INFO
   if reason is None:
+    level = logging.WARNING  # it should have worked
     try:
-      lib = ctypes.CDLL(str(_build()))
+      path = _build()
+      lib = ctypes.CDLL(str(path))
       jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.MmzooLstmForward),
                                   platform="cpu")
       jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.MmzooLstmBackward),
                                   platform="cpu")
+      _log.info("LSTM layers without lengths run through the fused CPU kernel (%s)", path)
       return True
     except subprocess.CalledProcessError as e:
       last = (e.stderr or "").strip().splitlines()[-1:] or ["(no output)"]
       reason = f"compiling {_SOURCE.name} failed: {last[0]}"
     except (OSError, subprocess.TimeoutExpired, AttributeError) as e:  # AttributeError: no symbol
       reason = f"{type(e).__name__}: {e}"
-  _log.info("fused LSTM CPU kernel not used (%s); LSTM layers run as XLA loops", reason)
+  _log.log(level, "fused LSTM CPU kernel not used (%s); LSTM layers run as XLA loops", reason)
   return False
 
 
