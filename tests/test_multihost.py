@@ -137,6 +137,35 @@ def test_two_processes_train_like_one(corpus, tmp_path):
   assert loss2 == pytest.approx(loss1, rel=1e-5)
 
 
+def test_two_processes_with_the_lstm_kernel(corpus, tmp_path):
+  """One CPU device per process runs the fused LSTM kernel, partitioned across the processes:
+  the parameters equal one process's on 2 devices, which runs the XLA loop."""
+  from mmzoo.nn import cpu_kernels
+  if cpu_kernels._unsupported():
+    pytest.skip(f"the fused LSTM kernel cannot run here: {cpu_kernels._unsupported()}")
+  args = _config_args(corpus, 4, checkpoint_every=4, eval_every=4) + [
+      "--config.model.hidden_size=64"]
+  logs2, logs1 = tmp_path / "logs2", tmp_path / "logs1"
+  logs2.mkdir()
+  logs1.mkdir()
+  two = _start(args, tmp_path / "two", 2, 1, logs2, "--heartbeat_timeout=5")
+  one = _start(args, tmp_path / "one", 1, 2, logs1)
+  try:
+    _wait_all(two, logs2, STARTUP_TIMEOUT_S)
+    _wait_all(one, logs1, STARTUP_TIMEOUT_S)
+  finally:
+    _stop(two + one)
+  used = "run through the fused CPU kernel"
+  assert all(used in (logs2 / f"p{i}.err").read_text() for i in range(2))
+  assert used not in (logs1 / "p0.err").read_text()
+  config = char_rnn_config.get_config("smoke")
+  config.data.path, config.train.num_steps, config.model.hidden_size = corpus, 4, 64
+  task = tasks.build(config)
+  for a, b in zip(jax.tree.leaves(loop.restore_params(task, str(tmp_path / "two"))),
+                  jax.tree.leaves(loop.restore_params(task, str(tmp_path / "one"))), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("victim", [1, 0])
 def test_killed_process_stops_the_job(corpus, tmp_path, victim):
   """SIGKILL one process mid-training: the other exits 1 at once, naming it."""
