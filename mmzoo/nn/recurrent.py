@@ -13,6 +13,8 @@ unchanged (see `from_torch`):
 `Recurrent` stacks layers (optionally bidirectional) and runs each as one
 `lax.scan` over time. The input projection `x W_ih + b_ih` of every time step
 is a single large matmul outside the scan; only `h W_hh` stays inside the loop.
+On CPUs where it fits, an LSTM layer without lengths runs instead through a
+fused kernel (`cpu_kernels.py`) that computes the same function faster.
 
 Carries follow PyTorch's ordering: a tuple with one entry per layer and
 direction (index `layer * num_directions + direction`), where an entry is `h`
