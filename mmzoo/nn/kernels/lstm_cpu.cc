@@ -26,7 +26,8 @@
 // one at a time; a step's units start once the previous step's are all done.
 // A task that starts late, or never, holds nobody up. The caller sets
 // max_threads to the cores per CPU device, so that devices running side by
-// side (one per core) do not crowd each other out.
+// side (one per core) do not crowd each other out; with one thread, the work
+// goes to one pool task while the calling thread sleeps (see RunPhases).
 
 #include <immintrin.h>
 #include <sched.h>
