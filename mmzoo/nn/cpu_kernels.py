@@ -6,6 +6,8 @@ call, with the gate math fused into the recurrent matmul's epilogue, as
 oneDNN's RNN primitive does for PyTorch. The input projection and the weight
 gradients stay large XLA matmuls. benchmarks/RESULTS.md has the measurements.
 
+`recurrent.py` makes the layer differentiable around `forward` and `backward`.
+
 The kernel needs x86-64 with AVX-512 (F and DQ), Linux and a C++20 compiler
 (`$CXX`, else g++, c++ or clang++). It is compiled once against JAX's FFI
 headers into `$MMZOO_CACHE_DIR` (default `~/.cache/mmzoo`), keyed by the
@@ -179,6 +181,12 @@ def _seq(axis: int, batch: int, steps: int, width: int) -> jax.ShapeDtypeStruct:
                               jnp.float32)
 
 
+def _threads_per_device() -> np.int64:
+  """The cores each of this process's CPU devices may use (1 with one device per core)."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return np.int64(max(1, (cores or 1) // jax.local_device_count("cpu")))
+
+
 def _forward_call(axis: int, save: bool, xw, bias, w_hh, h0, c0):
   steps, batch, hidden = xw.shape[axis], xw.shape[1 - axis], w_hh.shape[0]
   out = (_seq(axis, batch, steps, hidden), _seq(axis, batch, steps, hidden),
@@ -187,12 +195,6 @@ def _forward_call(axis: int, save: bool, xw, bias, w_hh, h0, c0):
   return jax.ffi.ffi_call(_FORWARD, out, vmap_method="sequential")(xw, bias, w_hh, h0, c0,
                                                     batch_major=np.int64(axis),
                                                     max_threads=_threads_per_device())
-
-
-def _threads_per_device() -> np.int64:
-  """The cores each of this process's CPU devices may use (1 with one device per core)."""
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return np.int64(max(1, (cores or 1) // jax.local_device_count("cpu")))
 
 
 def _backward_call(axis: int, act, cs, c0, w_hh, d_hs, d_hT, d_cT):
@@ -265,6 +267,21 @@ def _mapped_under_vmap(op):
   return mapped
 
 
+def forward(axis: int, save: bool, xw, bias, w_hh, h0, c0):
+  """The kernel's forward over a sequence: `(hs, cs, act)` (see kernels/lstm_cpu.cc).
+
+  `axis` is the time axis of `xw` (`x W_ih`, without `bias`); with `save`,
+  `act` holds the gate activations the backward needs, else it is empty.
+  Check `lstm_applies` first.
+  """
+  return _forward_op(axis, save)(xw, bias, w_hh, h0, c0)
+
+
+def backward(axis: int, act, cs, c0, w_hh, d_hs, d_hT, d_cT):
+  """The kernel's reverse loop: `(dz, d_h0, d_c0, d_b_rows)` (see kernels/lstm_cpu.cc)."""
+  return _backward_op(axis)(act, cs, c0, w_hh, d_hs, d_hT, d_cT)
+
+
 @functools.cache
 def _forward_op(axis: int, save: bool):
   s = (lambda w: f"b t {w}") if axis else (lambda w: f"t b {w}")
@@ -277,62 +294,3 @@ def _backward_op(axis: int):
   s = (lambda w: f"b t {w}") if axis else (lambda w: f"t b {w}")
   rule = f"{s('g')}, {s('h')}, b h, h g, {s('h')}, b h, b h -> {s('g')}, b h, b h, b g"
   return _batch_partitioned(_backward_call, (axis,), "ssbwsbb", "sbbb", rule)
-
-
-# --- the differentiable layer --------------------------------------------------------------
-
-def lstm_layer(axis: int, x, w_ih, b_ih, w_hh, b_hh, carry):
-  """One LSTM layer over time through the fused kernel: `(outputs, (h_T, c_T))`.
-
-  The arguments are `recurrent.recurrent_layer`'s (`axis` its `time_axis`),
-  without a mask; `w_ih` None means `x` is the input projection already
-  (with its biases). Check `lstm_applies` first.
-  """
-  return _lstm(axis, x, w_ih, b_ih, w_hh, b_hh, carry)
-
-
-def _run_forward(axis, x, w_ih, b_ih, w_hh, b_hh, carry, save: bool):
-  xw = x if w_ih is None else x @ w_ih  # all time steps in one matmul
-  biases = [b for b in (b_ih, b_hh) if b is not None]
-  bias = sum(biases[1:], biases[0]) if biases else jnp.zeros(xw.shape[-1:], xw.dtype)
-  h0, c0 = carry
-  hs, cs, act = _forward_op(axis, save)(xw, bias, w_hh, h0, c0)  # adds the bias
-  last = functools.partial(jax.lax.index_in_dim, index=hs.shape[axis] - 1, axis=axis,
-                           keepdims=False)
-  return (hs, (last(hs), last(cs))), (hs, cs, act)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _lstm(axis, x, w_ih, b_ih, w_hh, b_hh, carry):
-  out, _ = _run_forward(axis, x, w_ih, b_ih, w_hh, b_hh, carry, save=False)
-  return out
-
-
-def _lstm_fwd(axis, x, w_ih, b_ih, w_hh, b_hh, carry):
-  out, (hs, cs, act) = _run_forward(axis, x, w_ih, b_ih, w_hh, b_hh, carry, save=True)
-  return out, (x, w_ih, b_ih, w_hh, b_hh, carry, hs, cs, act)
-
-
-def _lstm_bwd(axis, residuals, cotangents):
-  x, w_ih, b_ih, w_hh, b_hh, (h0, c0), hs, cs, act = residuals
-  d_hs, (d_hT, d_cT) = cotangents
-  dz, d_h0, d_c0, d_b_rows = _backward_op(axis)(act, cs, c0, w_hh, d_hs, d_hT, d_cT)
-  # h_{t-1} of every step, then the weight gradients as one matmul each over all steps.
-  steps = hs.shape[axis]
-  h_prev = jnp.concatenate(
-      [jnp.expand_dims(h0, axis), jax.lax.slice_in_dim(hs, 0, steps - 1, axis=axis)], axis=axis)
-
-  def weight_grad(inputs, d):
-    rows = inputs.shape[0] * inputs.shape[1]
-    return inputs.reshape(rows, -1).T @ d.reshape(rows, -1)
-
-  d_b = d_b_rows.sum(axis=0)
-  if w_ih is None:
-    d_x, d_w_ih = dz, None
-  else:
-    d_x, d_w_ih = dz @ w_ih.T, weight_grad(x, dz)
-  return (d_x, d_w_ih, None if b_ih is None else d_b, weight_grad(h_prev, dz),
-          None if b_hh is None else d_b, (d_h0, d_c0))
-
-
-_lstm.defvjp(_lstm_fwd, _lstm_bwd)

@@ -166,7 +166,7 @@ def recurrent_layer(cell: CellKind, x: jax.Array, w_ih: jax.Array, b_ih: jax.Arr
     shape = list(x.shape[:-1]) + [w_hh.shape[0]]
     return jnp.zeros(shape, x.dtype), carry
   if fused and cell == "lstm" and cpu_kernels.lstm_applies(x, w_hh, carry, mask):
-    return cpu_kernels.lstm_layer(time_axis, x, w_ih, b_ih, w_hh, b_hh, carry)
+    return _fused_lstm(time_axis, x, w_ih, b_ih, w_hh, b_hh, carry)
   return _recurrence(cell, unroll, time_axis, x, w_ih, b_ih, w_hh, b_hh, carry, mask)
 
 
@@ -181,7 +181,7 @@ def scan_layer(cell: CellKind, xw: jax.Array, w_hh: jax.Array, b_hh: jax.Array |
   if xw.shape[0] == 0:
     return jnp.zeros((0, xw.shape[1], w_hh.shape[0]), xw.dtype), carry
   if fused and cell == "lstm" and cpu_kernels.lstm_applies(xw, w_hh, carry, mask):
-    return cpu_kernels.lstm_layer(0, xw, None, None, w_hh, b_hh, carry)
+    return _fused_lstm(0, xw, None, None, w_hh, b_hh, carry)
   return _recurrence(cell, unroll, 0, xw, None, None, w_hh, b_hh, carry, mask)
 
 
@@ -315,9 +315,7 @@ def _recurrence_bwd(cell: CellKind, unroll: int, axis: int, residuals, cotangent
   w_hh_t = w_hh.T
   # h_{t-1} at every step: the previous output, as the mask is False only past
   # each example's length (where the gradients below are zero).
-  first = jnp.expand_dims(h0, axis)
-  h_prev = jnp.concatenate(
-      [first, jax.lax.slice_in_dim(outputs, 0, outputs.shape[axis] - 1, axis=axis)], axis=axis)
+  h_prev = _previous_states(h0, outputs, axis)
 
   def step(carry, t, act_t):
     d_out_t, h_prev_t, c_prev_t, hn_t, m_t = (
@@ -376,25 +374,81 @@ def _recurrence_bwd(cell: CellKind, unroll: int, axis: int, residuals, cotangent
     dhw = dxw
   d_carry = (d_carry[0], d_carry[1]) if is_lstm else d_carry
 
-  def weight_grad(inputs, d):  # sum over time and batch of inputs^T d, as one matmul
-    rows = inputs.shape[0] * inputs.shape[1]
-    return inputs.reshape(rows, -1).T @ d.reshape(rows, -1)
-
-  d_w_hh = weight_grad(h_prev, dhw)
+  d_w_hh = _weight_grad(h_prev, dhw)
   d_b_x = dxw.sum(axis=(0, 1))
   d_b_ih = None if b_ih is None else d_b_x
   if b_hh is not None:
     d_b_hh = dhw.sum(axis=(0, 1)) if is_gru else d_b_x
   else:
     d_b_hh = None
-  if w_ih is None:
-    d_x, d_w_ih = dxw, None
-  else:
-    d_x, d_w_ih = dxw @ w_ih.T, weight_grad(x, dxw)
+  d_x, d_w_ih = _input_grads(x, w_ih, dxw)
   return d_x, d_w_ih, d_b_ih, d_w_hh, d_b_hh, d_carry, None
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+def _previous_states(h0: jax.Array, outputs: jax.Array, axis: int) -> jax.Array:
+  """h_{t-1} of every step: `h0`, then the outputs but the last, along `axis`."""
+  return jnp.concatenate(
+      [jnp.expand_dims(h0, axis),
+       jax.lax.slice_in_dim(outputs, 0, outputs.shape[axis] - 1, axis=axis)], axis=axis)
+
+
+def _weight_grad(inputs: jax.Array, d: jax.Array) -> jax.Array:
+  """Sum over time and batch of `inputs^T d`, as one matmul."""
+  rows = inputs.shape[0] * inputs.shape[1]
+  return inputs.reshape(rows, -1).T @ d.reshape(rows, -1)
+
+
+def _input_grads(x: jax.Array, w_ih: jax.Array | None, dxw: jax.Array):
+  """`(dx, dW_ih)` from the gradient of the input projection (`x` is it if `w_ih` is None)."""
+  if w_ih is None:
+    return dxw, None
+  return dxw @ w_ih.T, _weight_grad(x, dxw)
+
+
+# --- an LSTM layer through the fused CPU kernel (cpu_kernels.py) ----------------------------
+
+def _fused_lstm_forward(axis: int, save: bool, x, w_ih, b_ih, w_hh, b_hh, carry):
+  xw = x if w_ih is None else x @ w_ih  # all time steps in one matmul
+  b_x, _ = _split_biases("lstm", b_ih, b_hh)
+  if b_x is None:
+    b_x = jnp.zeros(xw.shape[-1:], xw.dtype)
+  h0, c0 = carry
+  hs, cs, act = cpu_kernels.forward(axis, save, xw, b_x, w_hh, h0, c0)  # adds b_x
+  last = functools.partial(jax.lax.index_in_dim, index=hs.shape[axis] - 1, axis=axis,
+                           keepdims=False)
+  return (hs, (last(hs), last(cs))), (hs, cs, act)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused_lstm(axis: int, x, w_ih, b_ih, w_hh, b_hh, carry):
+  """`recurrent_layer` for an LSTM without a mask, through the fused CPU kernel."""
+  out, _ = _fused_lstm_forward(axis, False, x, w_ih, b_ih, w_hh, b_hh, carry)
+  return out
+
+
+def _fused_lstm_fwd(axis: int, x, w_ih, b_ih, w_hh, b_hh, carry):
+  out, (hs, cs, act) = _fused_lstm_forward(axis, True, x, w_ih, b_ih, w_hh, b_hh, carry)
+  return out, (x, w_ih, b_ih, w_hh, b_hh, carry, hs, cs, act)
+
+
+def _fused_lstm_bwd(axis: int, residuals, cotangents):
+  """The kernel's reverse loop gives the gates' pre-activation gradients `dz`; the
+  weight and input gradients are then one matmul each over all steps, as in
+  `_recurrence_bwd`."""
+  x, w_ih, b_ih, w_hh, b_hh, (h0, c0), hs, cs, act = residuals
+  d_hs, (d_hT, d_cT) = cotangents
+  dz, d_h0, d_c0, d_b_rows = cpu_kernels.backward(axis, act, cs, c0, w_hh, d_hs, d_hT, d_cT)
+  d_b = d_b_rows.sum(axis=0)
+  d_x, d_w_ih = _input_grads(x, w_ih, dz)
+  d_w_hh = _weight_grad(_previous_states(h0, hs, axis), dz)
+  return (d_x, d_w_ih, None if b_ih is None else d_b, d_w_hh, None if b_hh is None else d_b,
+          (d_h0, d_c0))
+
+
+_fused_lstm.defvjp(_fused_lstm_fwd, _fused_lstm_bwd)
 
 
 class _LayerWeights(nn.Module):
