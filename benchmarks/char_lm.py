@@ -8,7 +8,7 @@ starts the next chunk of each stream), global-norm gradient clipping and Adam.
 * mmzoo: `CharLMTask` built from `mmzoo/configs/char_rnn.py` (the size flags
   below override its fields) and `mmzoo.train.loop.train_step` with the
   config's optimizer, jitted and run exactly as the trainer does it (mesh,
-  shardings, donated state, at most two steps in flight), on the devices the
+  shardings, donated state, each step waited for as on any CPU host), on the devices the
   char_rnn launcher trains on by default: on a CPU host one single-threaded
   XLA device per core that the batch splits into (`--cpu_devices=auto`;
   `--cpu_devices=0` for one device on all cores).
@@ -172,7 +172,7 @@ def mmzoo_runner(task, s: Shape, batches: list[dict]) -> Runner:
 
   def run(n: int) -> None:
     state, metrics = holder["state"], None
-    in_flight = parallel.TwoInFlight()  # As the trainer runs its steps.
+    in_flight = parallel.InFlight()  # As the trainer runs its steps.
     for _ in range(n):
       state, metrics = step_fn(state, device_batches[holder["i"] % len(device_batches)])
       holder["i"] += 1

@@ -365,16 +365,25 @@ def test_auto_cpu_devices(monkeypatch):
   assert auto([32], cores=8) == 0
 
 
-def test_two_in_flight_waits_for_the_step_before(monkeypatch):
-  """`admit(step)` waits for the step dispatched before it, never for the new one."""
+def test_in_flight_waits_for_the_step_before_or_this_one(monkeypatch):
+  """Depth 2: `admit(step)` waits for the step dispatched before it, never for the new
+  one. Depth 1: for the new one. CPU-only processes (this one) get depth 1."""
   waited = []
   monkeypatch.setattr(jax, "block_until_ready", lambda x: waited.append(x) or x)
-  window = parallel.TwoInFlight()
+  window = parallel.InFlight(2)
   window.admit("step 1")
   assert waited == []
   window.admit("step 2")
   window.admit("step 3")
   assert waited == ["step 1", "step 2"]
+  waited.clear()
+  window = parallel.InFlight()
+  window.admit("step 1")
+  window.admit("step 2")
+  assert waited == ["step 1", "step 2"]
+  assert parallel.steps_in_flight() == 1
+  with pytest.raises(ValueError, match="depth"):
+    parallel.InFlight(3)
 
 
 _FAULTS_PER_ALLOCATION = """

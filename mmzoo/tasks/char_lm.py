@@ -126,7 +126,7 @@ class CharLMTask:
     carry = jax.jit(functools.partial(self.model.initialize_carry, batch_size),
                     out_shardings=by_batch)()
     total = jnp.zeros((), jnp.float32)
-    in_flight = parallel.TwoInFlight()
+    in_flight = parallel.InFlight()
     for batch in batches.epoch():
       nll_sum, carry = self._eval_nll(params, carry, parallel.global_batch(batch, mesh))
       in_flight.admit(nll_sum)

@@ -187,7 +187,7 @@ def train_and_evaluate(task: Task, workdir: str) -> dict[str, float]:
   start_step = step
   totals, t_last, step_last = None, time.perf_counter(), step
   t_start = t_last
-  in_flight = parallel.TwoInFlight()
+  in_flight = parallel.InFlight()
   try:
     while step < cfg.num_steps:
       batch = parallel.global_batch(next(batches), mesh)

@@ -135,23 +135,41 @@ def _accelerator_plugin_installed() -> bool:
       "jax_plugins", "jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu"))
 
 
-class TwoInFlight:
-  """Keeps at most two dispatched steps in flight: `admit(outputs)`, called just after a
-  step is dispatched, waits for the step before it.
+class InFlight:
+  """Bounds the dispatched steps that are not done: `admit(outputs)`, called just after
+  a step is dispatched, waits until fewer than `depth` steps are outstanding.
 
-  The host then prepares and queues the next step while one runs, no further. With many
-  queued steps, XLA's in-process all-reduce over several CPU devices (`split_cpu`) hung
-  now and then on jax 0.10.2: one device never reached the rendezvous and XLA aborted
-  the run after 40 s (benchmarks/RESULTS.md, char_lm).
+  `depth` defaults to `steps_in_flight()`. With two, the host prepares and queues the
+  next step while one runs, no further: with many queued steps, XLA's in-process
+  all-reduce over several CPU devices (`split_cpu`) hung now and then on jax 0.10.2
+  (one device never reached the rendezvous and XLA aborted the run after 40 s;
+  benchmarks/RESULTS.md, char_lm).
   """
 
-  def __init__(self):
+  def __init__(self, depth: int | None = None):
+    self._depth = steps_in_flight() if depth is None else depth
+    if self._depth not in (1, 2):
+      raise ValueError(f"depth must be 1 or 2, got {self._depth}")
     self._previous = None
 
   def admit(self, outputs: Any) -> None:
+    if self._depth == 1:
+      jax.block_until_ready(outputs)
+      return
     if self._previous is not None:
       jax.block_until_ready(self._previous)
     self._previous = outputs
+
+
+def steps_in_flight() -> int:
+  """1 where every device is a CPU, else 2.
+
+  On a CPU host the host and the devices share the cores, so a queued step buys no
+  overlap, and the char model's step measured 5-10% faster when each step is waited
+  for (benchmarks/RESULTS.md, char_lm); an accelerator runs while the host prepares
+  the next step.
+  """
+  return 1 if all(d.platform == "cpu" for d in jax.devices()) else 2
 
 
 def make_mesh() -> Mesh:
