@@ -282,15 +282,20 @@ def backward(axis: int, act, cs, c0, w_hh, d_hs, d_hT, d_cT):
   return _backward_op(axis)(act, cs, c0, w_hh, d_hs, d_hT, d_cT)
 
 
+def _seq_dims(axis: int, width: str) -> str:
+  """A sequence's dimensions in a sharding rule: `_seq`'s layout, `width` last."""
+  return f"b t {width}" if axis else f"t b {width}"
+
+
 @functools.cache
 def _forward_op(axis: int, save: bool):
-  s = (lambda w: f"b t {w}") if axis else (lambda w: f"t b {w}")
+  s = functools.partial(_seq_dims, axis)
   rule = f"{s('g')}, g, h g, b h, b h -> {s('h')}, {s('h')}, {s('k')}"
   return _batch_partitioned(_forward_call, (axis, save), "swwbb", "sss", rule)
 
 
 @functools.cache
 def _backward_op(axis: int):
-  s = (lambda w: f"b t {w}") if axis else (lambda w: f"t b {w}")
+  s = functools.partial(_seq_dims, axis)
   rule = f"{s('g')}, {s('h')}, b h, h g, {s('h')}, b h, b h -> {s('g')}, b h, b h, b g"
   return _batch_partitioned(_backward_call, (axis,), "ssbwsbb", "sbbb", rule)
