@@ -29,9 +29,12 @@ not measured.
   python benchmarks/char_lm.py --breakdown           # also time parts of a step
   python benchmarks/char_lm.py --hidden_size=512 --batch_size=64   # the earlier 2x512 default
 
-FLOP counts include only the matmuls: per LSTM layer and step of one stream,
-2 * 4H * (F + H) forward (F the layer's input size), plus 2 * H * V for the
-output layer; forward + backward is counted as 3x the forward.
+FLOP counts include only the matmuls of the model as PyTorch runs it: per LSTM
+layer and step of one stream, 2 * 4H * (F + H) forward (F the layer's input
+size), plus 2 * H * V for the output layer; forward + backward is counted as 3x
+the forward. mmzoo's char model skips the first layer's input matmul (it
+gathers rows of `embedding @ W_ih`, see `Recurrent`), so its GFLOP/s column is
+the rate of the same model's work, not of the FLOPs it executes.
 """
 
 from __future__ import annotations

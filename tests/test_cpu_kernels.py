@@ -118,6 +118,29 @@ def test_matches_the_xla_loop(kernel, batch, hidden, layers):
     _close(ours, ref)
 
 
+def test_ids_and_embedding(kernel):
+  """Ids with an embedding (the char model's first layer: rows of `embedding W_ih`
+  gathered, no input matmul) through the kernel equal the XLA loop."""
+  rng = np.random.default_rng(5)
+  ids = jnp.asarray(rng.integers(0, 9, size=(4, 10)))
+  table = jnp.asarray(rng.normal(size=(9, 12)), jnp.float32)
+  proj = jnp.asarray(rng.normal(size=(64,)), jnp.float32)
+  results = []
+  for fused in (True, False):
+    module = Recurrent(cell="lstm", hidden_size=64, num_layers=2, fused_cpu_kernel=fused)
+    params = module.init(jax.random.PRNGKey(0), ids, embedding=table)["params"]
+
+    def loss(params, table, module=module):
+      y, final = module.apply({"params": params}, ids, embedding=table)
+      return jnp.sum(y * proj) + sum(jnp.sum(h) - jnp.sum(c) for h, c in final)
+
+    grad = jax.value_and_grad(loss, argnums=(0, 1))
+    assert _uses_kernel(grad, params, table) == fused
+    results.append(jax.jit(grad)(params, table))
+  for ours, ref in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
+    _close(ours, ref)
+
+
 def test_time_major_scan_layer(kernel):
   """`scan_layer` (time-major, input projection given) through the kernel equals the XLA loop."""
   rng = np.random.default_rng(1)

@@ -219,6 +219,53 @@ def test_torch_parity_float32(torch, cell):
   np.testing.assert_allclose(_carry_h(final, cell), h_n.numpy(), **TOL)
 
 
+@pytest.mark.parametrize("vocab", [7, 50], ids=["folded", "embedded"])  # B * T = 24 steps
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_ids_and_embedding_match_torch_embedding(torch, x64, cell, vocab):
+  """Ids with `embedding=` equal `nn.Embedding` -> the PyTorch stack, gradients included.
+
+  With fewer entries than steps the first layer gathers rows of `embedding W_ih`
+  (and its gradient is a scatter-add); with more it embeds the ids first.
+  """
+  from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+  torch.manual_seed(vocab)
+  rng = np.random.default_rng(vocab)
+  ids = rng.integers(0, vocab, size=(B, T))
+  ids[0, :3] = 1  # a repeated id: its rows' gradients must add up
+  table = rng.normal(size=(vocab, F))
+  w_out = rng.normal(size=(B, T, 2 * H))
+  w_h = rng.normal(size=(4, B, H))
+  tmod = _torch_module(torch, cell, 2, True, torch.float64)
+  module, params = from_torch(_numpy_state_dict(tmod), cell, 2, True)
+
+  table_t = torch.tensor(table, requires_grad=True)
+  embedded = torch.nn.functional.embedding(torch.tensor(ids), table_t)
+  packed = pack_padded_sequence(embedded, torch.tensor(LENGTHS), batch_first=True,
+                                enforce_sorted=False)
+  out_t, hn = tmod(packed)
+  out_t, _ = pad_packed_sequence(out_t, batch_first=True, total_length=T)
+  h_n = hn[0] if cell == "lstm" else hn
+  ((out_t * torch.tensor(w_out)).sum() + (h_n * torch.tensor(w_h)).sum()).backward()
+
+  def loss_fn(params, table):
+    out, final = module.apply({"params": params}, jnp.asarray(ids), lengths=jnp.asarray(LENGTHS),
+                              embedding=table)
+    return jnp.sum(out * w_out) + jnp.sum(_carry_h(final, cell) * w_h), out
+
+  (_, out_j), (g_params, g_table) = jit_o0(
+    jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True))(params, jnp.asarray(table))
+  np.testing.assert_allclose(out_j, out_t.detach().numpy(), **TOL)
+  np.testing.assert_allclose(g_table, table_t.grad.numpy(), **TOL)
+  tparams = dict(tmod.named_parameters())
+  for layer, suffix in [(0, ""), (0, "_reverse"), (1, "")]:
+    for ours, theirs in [("w_ih", "weight_ih"), ("b_ih", "bias_ih"), ("w_hh", "weight_hh")]:
+      expected = tparams[f"{theirs}_l{layer}{suffix}"].grad.numpy()
+      np.testing.assert_allclose(g_params[f"l{layer}{suffix}"][ours],
+                                 expected.T if ours.startswith("w") else expected, **TOL,
+                                 err_msg=f"{theirs}_l{layer}{suffix}")
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_cell_step_matches_torch_cell(torch, x64, cell):
   """cell_step against torch.nn.{RNN,LSTM,GRU}Cell, one step from a nonzero state."""

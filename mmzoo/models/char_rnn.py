@@ -76,11 +76,15 @@ class CharRNN(nn.Module):
     Returns:
       `(logits <float32>[batch, time, vocab], carry)`.
     """
+    # The ids go to the stack with the table they index (the identity for
+    # one-hot inputs), which multiplies the table by the first layer's W_ih
+    # once rather than every step's input (see `Recurrent`).
     if self.embed_dim:
-      x = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(tokens)
+      table = nn.Embed(self.vocab_size, self.embed_dim, name="embed").embedding
     else:
-      x = jax.nn.one_hot(tokens, self.vocab_size, dtype=jnp.float32)
-    h, carry = self._recurrent()(x, initial_carry=carry, deterministic=deterministic)
+      table = jnp.eye(self.vocab_size, dtype=jnp.float32)
+    h, carry = self._recurrent()(tokens, initial_carry=carry, deterministic=deterministic,
+                                 embedding=table)
     if self.dropout_rate:
       h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     if self.init_scheme == "normal":

@@ -129,8 +129,9 @@ def reverse_within_lengths(x: jax.Array, lengths: jax.Array | None,
   return jnp.take_along_axis(x, src, axis=time_axis)
 
 
-def recurrent_layer(cell: CellKind, x: jax.Array, w_ih: jax.Array, b_ih: jax.Array | None,
-                    w_hh: jax.Array, b_hh: jax.Array | None, carry, mask: jax.Array | None,
+def recurrent_layer(cell: CellKind, x: jax.Array, w_ih: jax.Array | None,
+                    b_ih: jax.Array | None, w_hh: jax.Array, b_hh: jax.Array | None, carry,
+                    mask: jax.Array | None,
                     unroll: int = DEFAULT_UNROLL, time_axis: int = 0, fused: bool = True):
   """Runs one direction of one layer over time.
 
@@ -145,7 +146,8 @@ def recurrent_layer(cell: CellKind, x: jax.Array, w_ih: jax.Array, b_ih: jax.Arr
     cell: the cell kind.
     x: `<float32>[time, batch, features]`, or `[batch, time, features]` with
       `time_axis=1`.
-    w_ih: `<float32>[features, gates * hidden]`.
+    w_ih: `<float32>[features, gates * hidden]`, or None when `x` is the
+      input projection `x W_ih` already (without bias).
     b_ih: `<float32>[gates * hidden]` or None.
     w_hh: `<float32>[hidden, gates * hidden]`.
     b_hh: `<float32>[gates * hidden]` or None.
@@ -510,14 +512,22 @@ class Recurrent(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: jax.Array, lengths: jax.Array | None = None,
-               initial_carry: Carry | None = None, deterministic: bool = True):
+               initial_carry: Carry | None = None, deterministic: bool = True, *,
+               embedding: jax.Array | None = None):
     """Runs the stack.
 
     Args:
-      inputs: `<float32>[batch, time, features]`.
+      inputs: `<float32>[batch, time, features]`, or with `embedding`
+        `<int32>[batch, time]` ids into it.
       lengths: `<int32>[batch]` valid steps per example, or None for all.
       initial_carry: as returned by `initialize_carry`, or None for zeros.
       deterministic: disables dropout when True.
+      embedding: `<float32>[vocab, features]`, the table `inputs` index. The
+        first layer's input projection `embedding[ids] W_ih` is then, where
+        the vocabulary has fewer entries than `inputs` has steps in all, a row
+        gather from `embedding W_ih` (one product per entry, not per step; the
+        same numbers, and its gradient a scatter-add). A char model's first
+        layer thus skips its largest matmuls, forward and backward.
 
     Returns:
       `(outputs, final_carry)`: the top layer's `<float32>[batch, time,
@@ -526,12 +536,17 @@ class Recurrent(nn.Module):
     """
     if self.cell not in NUM_GATES:
       raise ValueError(f"unknown cell {self.cell!r}; expected one of {sorted(NUM_GATES)}")
-    batch_size, num_steps, _ = inputs.shape
+    batch_size, num_steps = inputs.shape[:2]
+    dtype = inputs.dtype if embedding is None else embedding.dtype
     gates = NUM_GATES[self.cell]
     kernel_init = self.kernel_init or torch_default_init(self.hidden_size)
     bias_init = self.bias_init or torch_default_init(self.hidden_size)
     if initial_carry is None:
-      initial_carry = self.initialize_carry(batch_size, inputs.dtype)
+      initial_carry = self.initialize_carry(batch_size, dtype)
+    # With an embedding, `x` holds ids until the first layer has projected them.
+    fold = embedding is not None and embedding.shape[0] < batch_size * num_steps
+    if embedding is not None and not fold:
+      inputs = jnp.take(embedding, inputs, axis=0)
     mask = None
     if lengths is not None:
       lengths = _checked_lengths(lengths, num_steps)
@@ -540,15 +555,19 @@ class Recurrent(nn.Module):
     x = inputs  # batch-major throughout: [B, T, F]
     final_carry = []
     for layer in range(self.num_layers):
-      in_features = x.shape[-1]
+      folded = fold and layer == 0
+      in_features = embedding.shape[1] if folded else x.shape[-1]
       outputs = []
       for direction in range(self.num_directions):
         name = f"l{layer}" + ("_reverse" if direction else "")
         w = _LayerWeights(in_features, self.hidden_size, gates, kernel_init, bias_init,
-                          inputs.dtype, name=name)()
+                          dtype, name=name)()
         x_dir = reverse_within_lengths(x, lengths, time_axis=1) if direction else x
+        w_ih = w["w_ih"]
+        if folded:  # x_dir holds ids: their projections are rows of embedding @ W_ih
+          x_dir, w_ih = jnp.take(embedding @ w_ih, x_dir, axis=0), None
         carry = initial_carry[layer * self.num_directions + direction]
-        out, carry = recurrent_layer(self.cell, x_dir, w["w_ih"], w["b_ih"], w["w_hh"],
+        out, carry = recurrent_layer(self.cell, x_dir, w_ih, w["b_ih"], w["w_hh"],
                                      w["b_hh"], carry, mask, self.unroll, time_axis=1,
                                      fused=self.fused_cpu_kernel)
         outputs.append(reverse_within_lengths(out, lengths, time_axis=1) if direction else out)
