@@ -32,8 +32,8 @@ def _close(ours, ref, **kw):
 
 @pytest.fixture
 def kernel(monkeypatch):
-  """Turns the kernel on for this test (the test process has 8 CPU devices)."""
-  monkeypatch.setenv(cpu_kernels.POLICY_ENV, "1")
+  """The kernel's default policy for this test; skips where the kernel cannot run."""
+  monkeypatch.delenv(cpu_kernels.POLICY_ENV, raising=False)
   if not cpu_kernels.available():
     pytest.skip(f"the fused LSTM kernel cannot run here: {cpu_kernels._unsupported()}")
 
@@ -215,17 +215,15 @@ def test_nan_propagates(kernel):
 
 
 def test_when_the_kernel_applies(monkeypatch):
-  """Only fitting layers take the kernel; by default not with several CPU devices."""
+  """Only fitting layers take the kernel, and none with MMZOO_CPU_KERNELS=0."""
   x, w = jnp.zeros((2, 3, 4)), jnp.zeros((64, 256))
   carry = (jnp.zeros((2, 64)), jnp.zeros((2, 64)))
   monkeypatch.setenv(cpu_kernels.POLICY_ENV, "0")
   assert not cpu_kernels.lstm_applies(x, w, carry, None)
   monkeypatch.delenv(cpu_kernels.POLICY_ENV)
-  assert not cpu_kernels.lstm_applies(x, w, carry, None)  # 8 CPU devices in this process
-  monkeypatch.setenv(cpu_kernels.POLICY_ENV, "1")
   if not cpu_kernels.available():
     pytest.skip(f"the fused LSTM kernel cannot run here: {cpu_kernels._unsupported()}")
-  assert cpu_kernels.lstm_applies(x, w, carry, None)
+  assert cpu_kernels.lstm_applies(x, w, carry, None)  # by default, with this process's 8 devices
   assert not cpu_kernels.lstm_applies(x, w, carry, jnp.ones((2, 3, 1), bool))  # lengths
   assert not cpu_kernels.lstm_applies(x, jnp.zeros((48, 192)), carry, None)  # 48 % 64 != 0
   assert not cpu_kernels.lstm_applies(x.astype(jnp.bfloat16), w, carry, None)

@@ -54,8 +54,10 @@ def _config_args(corpus: str, num_steps: int, **train) -> list[str]:
 
 
 def _start(args: list[str], workdir, num_processes: int, devices: int, log_dir,
-           *extra: str) -> list[subprocess.Popen]:
-  """Starts a job's processes; process i logs to log_dir/p{i}.out and p{i}.err."""
+           *extra: str, env: dict[str, str] | None = None) -> list[subprocess.Popen]:
+  """Starts a job's processes; process i logs to log_dir/p{i}.out and p{i}.err.
+
+  `env` adds to the launcher's environment."""
   common = [*launcher("char_rnn"), *args, f"--workdir={workdir}", *extra]
   if num_processes > 1:
     common += [f"--coordinator_address=127.0.0.1:{_free_port()}",
@@ -64,7 +66,8 @@ def _start(args: list[str], workdir, num_processes: int, devices: int, log_dir,
   for i in range(num_processes):
     cmd = common + ([f"--process_id={i}"] if num_processes > 1 else [])
     with open(log_dir / f"p{i}.out", "w") as out, open(log_dir / f"p{i}.err", "w") as err:
-      procs.append(subprocess.Popen(cmd, stdout=out, stderr=err, env=launcher_env(devices)))
+      procs.append(subprocess.Popen(cmd, stdout=out, stderr=err,
+                                    env={**launcher_env(devices), **(env or {})}))
   return procs
 
 
@@ -139,7 +142,7 @@ def test_two_processes_train_like_one(corpus, tmp_path):
 
 def test_two_processes_with_the_lstm_kernel(corpus, tmp_path):
   """One CPU device per process runs the fused LSTM kernel, partitioned across the processes:
-  the parameters equal one process's on 2 devices, which runs the XLA loop."""
+  the parameters equal one process's on 2 devices with the kernel off (the XLA loop)."""
   from mmzoo.nn import cpu_kernels
   if cpu_kernels._unsupported():
     pytest.skip(f"the fused LSTM kernel cannot run here: {cpu_kernels._unsupported()}")
@@ -149,7 +152,7 @@ def test_two_processes_with_the_lstm_kernel(corpus, tmp_path):
   logs2.mkdir()
   logs1.mkdir()
   two = _start(args, tmp_path / "two", 2, 1, logs2, "--heartbeat_timeout=5")
-  one = _start(args, tmp_path / "one", 1, 2, logs1)
+  one = _start(args, tmp_path / "one", 1, 2, logs1, env={cpu_kernels.POLICY_ENV: "0"})
   try:
     _wait_all(two, logs2, STARTUP_TIMEOUT_S)
     _wait_all(one, logs1, STARTUP_TIMEOUT_S)

@@ -15,8 +15,9 @@ source, the compiler and the JAX version, and takes ~8 s. Where any of that
 is missing `recurrent.py` keeps its XLA loop, and says why once (INFO log).
 Both compute the same function (tests/test_cpu_kernels.py).
 
-`MMZOO_CPU_KERNELS`: unset, the kernel runs where it fits in a process with
-one CPU device (see `lstm_applies`); `1` also with several; `0` never.
+`MMZOO_CPU_KERNELS=0` turns the kernel off; otherwise it runs wherever it fits
+(see `lstm_applies`), on one thread per device where a process splits its
+cores into one CPU device each (as the char launcher does).
 
 Under `jit` with sharded inputs the calls are partitioned over the batch
 (`custom_partitioning`): each device runs its own rows, as it would the XLA loop.
@@ -48,7 +49,7 @@ from jax.sharding import PartitionSpec as P
 _SOURCE = Path(__file__).with_name("kernels") / "lstm_cpu.cc"
 _FORWARD, _BACKWARD = "mmzoo_lstm_forward", "mmzoo_lstm_backward"
 _FLAGS = ("-O3", "-std=c++20", "-mavx512f", "-mavx512dq", "-mfma", "-shared", "-fPIC")
-POLICY_ENV = "MMZOO_CPU_KERNELS"  # "0": never; "1": wherever it fits; unset: see lstm_applies.
+POLICY_ENV = "MMZOO_CPU_KERNELS"  # "0": never; otherwise wherever it fits.
 HIDDEN_MULTIPLE = 64  # The kernel's tiles need hidden % 64 == 0.
 
 _log = logging.getLogger(__name__)
@@ -69,15 +70,12 @@ def lstm_applies(x: jax.Array, w_hh: jax.Array, carry, mask) -> bool:
   """Whether `recurrent.py` should run this LSTM layer through the fused kernel.
 
   It must fit the kernel (no mask, float32, hidden a multiple of 64, on CPU,
-  the kernel built), and by default (`MMZOO_CPU_KERNELS` unset) the process
-  must have a single CPU device: with one device per core, as the char
-  launcher splits a CPU, the default char model trained no faster with the
-  kernel than with the XLA loop, often slower (benchmarks/RESULTS.md, char_lm);
-  `MMZOO_CPU_KERNELS=1` uses it there too, `=0` nowhere.
+  the kernel built) and not be turned off (`MMZOO_CPU_KERNELS=0`). With one
+  device per core, as the char launcher splits a CPU, each device runs it on
+  one thread (benchmarks/RESULTS.md, char_lm, has the measurements).
   """
   h0, c0 = carry
-  policy = os.environ.get(POLICY_ENV, "auto")
-  if policy == "0" or (policy != "1" and jax.local_device_count("cpu") > 1):
+  if os.environ.get(POLICY_ENV) == "0":
     return False
   return (mask is None and w_hh.shape[0] % HIDDEN_MULTIPLE == 0
           and all(a.dtype == jnp.float32 for a in (x, w_hh, h0, c0))
