@@ -2,8 +2,9 @@
 
 XLA's CPU runtime runs a scanned LSTM as a dozen small ops per time step,
 each dispatched on its own; `kernels/lstm_cpu.cc` runs a whole sequence in one
-call, with the gate math fused into the recurrent matmul's epilogue, as
-oneDNN's RNN primitive does for PyTorch. The input projection and the weight
+call, with the gate math fused into the epilogue of each step's matmul of
+`[x_t | h_{t-1}]` by `[W_ih; W_hh]`, as oneDNN's RNN primitive does for PyTorch;
+its backward computes `x`'s gradient beside the recurrence's. The weight
 gradients stay large XLA matmuls. benchmarks/RESULTS.md has the measurements.
 
 `recurrent.py` makes the layer differentiable around `forward` and `backward`.
@@ -185,24 +186,26 @@ def _threads_per_device() -> np.int64:
   return np.int64(max(1, (cores or 1) // jax.local_device_count("cpu")))
 
 
-def _forward_call(axis: int, save: bool, xw, bias, w_hh, h0, c0):
-  steps, batch, hidden = xw.shape[axis], xw.shape[1 - axis], w_hh.shape[0]
+def _forward_call(axis: int, save: bool, x, w_ih, bias, w_hh, h0, c0):
+  steps, batch, hidden = x.shape[axis], x.shape[1 - axis], w_hh.shape[0]
   out = (_seq(axis, batch, steps, hidden), _seq(axis, batch, steps, hidden),
          _seq(axis, batch, steps, 4 * hidden if save else 0))
-  # (Aliasing `act` to `xw` would save memory, but XLA then copies `xw` first.)
-  return jax.ffi.ffi_call(_FORWARD, out, vmap_method="sequential")(xw, bias, w_hh, h0, c0,
-                                                    batch_major=np.int64(axis),
-                                                    max_threads=_threads_per_device())
+  # (Aliasing `act` to the input would save memory, but XLA then copies the input first.)
+  return jax.ffi.ffi_call(_FORWARD, out, vmap_method="sequential")(
+      x, w_ih, bias, w_hh, h0, c0, batch_major=np.int64(axis),
+      max_threads=_threads_per_device())
 
 
-def _backward_call(axis: int, act, cs, c0, w_hh, d_hs, d_hT, d_cT):
+def _backward_call(axis: int, act, cs, c0, w_ih, w_hh, d_hs, d_hT, d_cT):
   batch, hidden = c0.shape
+  steps = act.shape[axis]
   out = (jax.ShapeDtypeStruct(act.shape, act.dtype), jax.ShapeDtypeStruct(c0.shape, c0.dtype),
          jax.ShapeDtypeStruct(c0.shape, c0.dtype),
-         jax.ShapeDtypeStruct((batch, 4 * hidden), act.dtype))
+         jax.ShapeDtypeStruct((batch, 4 * hidden), act.dtype),
+         _seq(axis, batch, steps, w_ih.shape[0]))
   # The gate gradients overwrite the saved activations in place.
   return jax.ffi.ffi_call(_BACKWARD, out, input_output_aliases={0: 0},
-                          vmap_method="sequential")(act, cs, c0, w_hh, d_hs, d_hT, d_cT,
+                          vmap_method="sequential")(act, cs, c0, w_ih, w_hh, d_hs, d_hT, d_cT,
                                                     batch_major=np.int64(axis),
                                                     max_threads=_threads_per_device())
 
@@ -265,19 +268,37 @@ def _mapped_under_vmap(op):
   return mapped
 
 
-def forward(axis: int, save: bool, xw, bias, w_hh, h0, c0):
+def forward(axis: int, save: bool, x, w_ih, bias, w_hh, h0, c0):
   """The kernel's forward over a sequence: `(hs, cs, act)` (see kernels/lstm_cpu.cc).
 
-  `axis` is the time axis of `xw` (`x W_ih`, without `bias`); with `save`,
-  `act` holds the gate activations the backward needs, else it is empty.
-  Check `lstm_applies` first.
+  `axis` is the time axis of `x`; with `w_ih` None, `x` is the input
+  projection `x W_ih` (without `bias`) already. With `save`, `act` holds the
+  gate activations the backward needs, else it is empty. Check `lstm_applies`
+  first.
   """
-  return _forward_op(axis, save)(xw, bias, w_hh, h0, c0)
+  return _forward_op(axis, save)(x, _weight_or_empty(w_ih, w_hh), bias, w_hh, h0, c0)
 
 
-def backward(axis: int, act, cs, c0, w_hh, d_hs, d_hT, d_cT):
-  """The kernel's reverse loop: `(dz, d_h0, d_c0, d_b_rows)` (see kernels/lstm_cpu.cc)."""
-  return _backward_op(axis)(act, cs, c0, w_hh, d_hs, d_hT, d_cT)
+def backward(axis: int, act, cs, c0, w_ih, w_hh, d_hs, d_hT, d_cT):
+  """The kernel's reverse loop: `(dz, d_h0, d_c0, d_b_rows, dx)` (see kernels/lstm_cpu.cc).
+
+  `dx` is the gradient of the forward's `x`: None when `w_ih` is None (it is
+  `dz` then). The kernel computes it where `x`'s width is a multiple of 64,
+  else it is one XLA matmul.
+  """
+  in_kernel = w_ih is not None and w_ih.shape[0] % HIDDEN_MULTIPLE == 0
+  dz, d_h0, d_c0, d_b_rows, dx = _backward_op(axis)(
+      act, cs, c0, _weight_or_empty(w_ih if in_kernel else None, w_hh), w_hh, d_hs, d_hT, d_cT)
+  if w_ih is None:
+    dx = None
+  elif not in_kernel:
+    dx = dz @ w_ih.T
+  return dz, d_h0, d_c0, d_b_rows, dx
+
+
+def _weight_or_empty(w_ih, w_hh):
+  """`w_ih`, or the kernel's `[0, 4H]` stand-in for none."""
+  return jnp.zeros((0, w_hh.shape[1]), w_hh.dtype) if w_ih is None else w_ih
 
 
 def _seq_dims(axis: int, width: str) -> str:
@@ -288,12 +309,13 @@ def _seq_dims(axis: int, width: str) -> str:
 @functools.cache
 def _forward_op(axis: int, save: bool):
   s = functools.partial(_seq_dims, axis)
-  rule = f"{s('g')}, g, h g, b h, b h -> {s('h')}, {s('h')}, {s('k')}"
-  return _batch_partitioned(_forward_call, (axis, save), "swwbb", "sss", rule)
+  rule = f"{s('f')}, i g, g, h g, b h, b h -> {s('h')}, {s('h')}, {s('k')}"
+  return _batch_partitioned(_forward_call, (axis, save), "swwwbb", "sss", rule)
 
 
 @functools.cache
 def _backward_op(axis: int):
   s = functools.partial(_seq_dims, axis)
-  rule = f"{s('g')}, {s('h')}, b h, h g, {s('h')}, b h, b h -> {s('g')}, b h, b h, b g"
-  return _batch_partitioned(_backward_call, (axis,), "ssbwsbb", "sbbb", rule)
+  rule = (f"{s('g')}, {s('h')}, b h, i g, h g, {s('h')}, b h, b h -> "
+          f"{s('g')}, b h, b h, b g, {s('j')}")
+  return _batch_partitioned(_backward_call, (axis,), "ssbwwsbb", "sbbbs", rule)

@@ -413,12 +413,12 @@ def _input_grads(x: jax.Array, w_ih: jax.Array | None, dxw: jax.Array):
 # --- an LSTM layer through the fused CPU kernel (cpu_kernels.py) ----------------------------
 
 def _fused_lstm_forward(axis: int, save: bool, x, w_ih, b_ih, w_hh, b_hh, carry):
-  xw = x if w_ih is None else x @ w_ih  # all time steps in one matmul
   b_x, _ = _split_biases("lstm", b_ih, b_hh)
   if b_x is None:
-    b_x = jnp.zeros(xw.shape[-1:], xw.dtype)
+    b_x = jnp.zeros(w_hh.shape[-1:], x.dtype)
   h0, c0 = carry
-  hs, cs, act = cpu_kernels.forward(axis, save, xw, b_x, w_hh, h0, c0)  # adds b_x
+  # The kernel multiplies each step's x by W_ih itself (no projection of all steps first).
+  hs, cs, act = cpu_kernels.forward(axis, save, x, w_ih, b_x, w_hh, h0, c0)
   last = functools.partial(jax.lax.index_in_dim, index=hs.shape[axis] - 1, axis=axis,
                            keepdims=False)
   return (hs, (last(hs), last(cs))), (hs, cs, act)
@@ -437,14 +437,17 @@ def _fused_lstm_fwd(axis: int, x, w_ih, b_ih, w_hh, b_hh, carry):
 
 
 def _fused_lstm_bwd(axis: int, residuals, cotangents):
-  """The kernel's reverse loop gives the gates' pre-activation gradients `dz`; the
-  weight and input gradients are then one matmul each over all steps, as in
-  `_recurrence_bwd`."""
+  """The kernel's reverse loop gives the gates' pre-activation gradients `dz` and
+  `x`'s gradient; the weight gradients are then one matmul each over all steps,
+  as in `_recurrence_bwd`."""
   x, w_ih, b_ih, w_hh, b_hh, (h0, c0), hs, cs, act = residuals
   d_hs, (d_hT, d_cT) = cotangents
-  dz, d_h0, d_c0, d_b_rows = cpu_kernels.backward(axis, act, cs, c0, w_hh, d_hs, d_hT, d_cT)
+  dz, d_h0, d_c0, d_b_rows, d_x = cpu_kernels.backward(axis, act, cs, c0, w_ih, w_hh, d_hs,
+                                                       d_hT, d_cT)
   d_b = d_b_rows.sum(axis=0)
-  d_x, d_w_ih = _input_grads(x, w_ih, dz)
+  if w_ih is None:  # x was the input projection
+    d_x = dz
+  d_w_ih = None if w_ih is None else _weight_grad(x, dz)
   d_w_hh = _weight_grad(_previous_states(h0, hs, axis), dz)
   return (d_x, d_w_ih, None if b_ih is None else d_b, d_w_hh, None if b_hh is None else d_b,
           (d_h0, d_c0))

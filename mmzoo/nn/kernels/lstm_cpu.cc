@@ -2,22 +2,27 @@
 //
 // What XLA's CPU runtime runs as a dozen small ops per time step (the
 // recurrent matmul, slices, gate fusions, in-place writes) runs here as one
-// call per sequence: the recurrent matmul with the gate math fused into its
-// epilogue, as oneDNN's RNN primitive does. The input projection and the
-// weight gradients stay large XLA matmuls (mmzoo/nn/cpu_kernels.py).
+// call per sequence: each step's matmul with the gate math fused into its
+// epilogue, as oneDNN's RNN primitive does. The forward multiplies each step's
+// [x_t | h_{t-1}] by [W_ih; W_hh] in one register tile, so the input
+// projection of all steps is never written out; the backward computes x's
+// gradient dz_t W_ih^T beside dh := dz_t W_hh^T. The weight gradients stay
+// large XLA matmuls over all steps (mmzoo/nn/cpu_kernels.py).
 //
-// Gate math is PyTorch's: [i, f, g, o] = xw + b + h W_hh (xw = x W_ih, b the
-// sum of both biases), c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c').
+// Gate math is PyTorch's: [i, f, g, o] = x W_ih + b + h W_hh (b the sum of
+// both biases), c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c').
 //
-// mmzoo_lstm_forward(xw [.., 4H], b [4H], w_hh [H, 4H], h0 [B, H], c0 [B, H])
+// mmzoo_lstm_forward(x [.., I], w_ih [I, 4H], b [4H], w_hh [H, 4H], h0 [B, H], c0 [B, H])
 //     -> hs [.., H], cs [.., H], act [.., 4H or 0]
 //   hs, cs: h_t and c_t of every step; act: the activations [i, f, g, o] of
-//   every step, for the backward pass (a zero-width act skips them).
-// mmzoo_lstm_backward(act, cs, c0, w_hh, d_hs [.., H], d_hT [B, H], d_cT [B, H])
-//     -> dz [.., 4H], d_h0 [B, H], d_c0 [B, H], d_b_rows [B, 4H]
+//   every step, for the backward pass (a zero-width act skips them). With an
+//   empty w_ih ([0, 4H]), x is the input projection x W_ih [.., 4H] itself.
+// mmzoo_lstm_backward(act, cs, c0, w_ih, w_hh, d_hs [.., H], d_hT [B, H], d_cT [B, H])
+//     -> dz [.., 4H], d_h0 [B, H], d_c0 [B, H], d_b_rows [B, 4H], dx [.., I]
 //   dz: the gradient of every step's gate pre-activations, from which the
-//   caller gets dW_ih, dW_hh and x's gradient as matmuls; d_b_rows: dz summed
-//   over time, per row (the bias gradient is its sum over rows).
+//   caller gets dW_ih and dW_hh as matmuls; d_b_rows: dz summed over time,
+//   per row (the bias gradient is its sum over rows); dx: x's gradient, or
+//   nothing with an empty w_ih ([0, 4H]; then dx is [.., 0]). I % 64 == 0.
 // "..": [T, B] with batch_major = 0, [B, T] with batch_major = 1.
 // Requires H % 64 == 0 (checked by the caller and here).
 //
@@ -74,18 +79,13 @@ inline __m512 Tanh(__m512 x) {  // 2 sigmoid(2x) - 1
   return _mm512_fmsub_ps(_mm512_set1_ps(2.0f), Sigmoid(_mm512_add_ps(x, x)), _mm512_set1_ps(1.0f));
 }
 
-// acc[r][q] = sum_k a[r * lda + k] * panel[k * 64 + 16 q ..], for MR rows and
-// 64 columns, the columns packed contiguously per k. A function of its own with
-// local accumulators: inlined into the gate math, whose constants then hold
-// registers, its accumulators can spill to the stack inside the loop, as small
-// edits around it made them do (the forward 1.2-2x slower).
+// acc[r][q] += sum_k a[r * lda + k] * panel[k * 64 + 16 q ..], for MR rows and
+// 64 columns, the columns packed contiguously per k.
 template <int MR>
-__attribute__((noinline)) void Tile(const float* __restrict a, int64_t lda,
-                                    const float* __restrict panel, int64_t depth,
-                                    __m512 (&out)[MR][4]) {
-  __m512 acc[MR][4];
-  for (int r = 0; r < MR; ++r)
-    for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_setzero_ps();
+__attribute__((always_inline)) inline void Accumulate(__m512 (&acc)[MR][4],
+                                                      const float* __restrict a, int64_t lda,
+                                                      const float* __restrict panel,
+                                                      int64_t depth) {
   for (int64_t k = 0; k < depth; ++k) {
     const float* p = panel + k * 64;
     const __m512 b0 = _mm512_loadu_ps(p), b1 = _mm512_loadu_ps(p + 16),
@@ -98,6 +98,22 @@ __attribute__((noinline)) void Tile(const float* __restrict a, int64_t lda,
       acc[r][3] = _mm512_fmadd_ps(av, b3, acc[r][3]);
     }
   }
+}
+
+// One register tile: MR rows of [a1 | a2] (widths depth1 and depth2) times a
+// panel of depth1 + depth2 rows and 64 columns. A function of its own with
+// local accumulators: inlined into the gate math, whose constants then hold
+// registers, its accumulators can spill to the stack inside the loop, as small
+// edits around it made them do (the forward 1.2-2x slower).
+template <int MR>
+__attribute__((noinline)) void Tile(const float* __restrict a1, int64_t lda1, int64_t depth1,
+                                    const float* __restrict a2, int64_t lda2, int64_t depth2,
+                                    const float* __restrict panel, __m512 (&out)[MR][4]) {
+  __m512 acc[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_setzero_ps();
+  Accumulate<MR>(acc, a1, lda1, panel, depth1);
+  Accumulate<MR>(acc, a2, lda2, panel + depth1 * 64, depth2);
   for (int r = 0; r < MR; ++r)
     for (int q = 0; q < 4; ++q) out[r][q] = acc[r][q];
 }
@@ -193,18 +209,19 @@ void RunPhases(ffi::ThreadPool& pool, int64_t max_threads, int64_t phases, int64
 // W_hh [H, 4H] as panels for the forward tiles: [H/16][H][64], panel j
 // holding the i, f, g and o columns of hidden units 16j .. 16j + 15, so that
 // one tile of 64 columns has all four gates of 16 units.
-void PackForward(const float* w, int64_t hidden, float* packed) {
+void PackForward(const float* w, int64_t rows, int64_t hidden, int64_t panel_depth,
+                 float* packed) {
   for (int64_t j = 0; j < hidden / 16; ++j)
-    for (int64_t k = 0; k < hidden; ++k)
+    for (int64_t k = 0; k < rows; ++k)
       for (int gate = 0; gate < 4; ++gate)
-        std::memcpy(packed + (j * hidden + k) * 64 + gate * 16,
+        std::memcpy(packed + (j * panel_depth + k) * 64 + gate * 16,
                     w + k * 4 * hidden + gate * hidden + j * 16, 16 * sizeof(float));
 }
 
 // W_hh^T [4H, H] as panels for the backward tiles: [H/64][4H][64], panel n
 // holding output units 64n .. 64n + 63.
-void PackBackward(const float* w, int64_t hidden, float* packed) {
-  for (int64_t n = 0; n < hidden / 64; ++n)
+void PackBackward(const float* w, int64_t rows, int64_t hidden, float* packed) {
+  for (int64_t n = 0; n < rows / 64; ++n)
     for (int64_t k = 0; k < 4 * hidden; ++k)
       for (int c = 0; c < 64; ++c)
         packed[(n * 4 * hidden + k) * 64 + c] = w[(n * 64 + c) * 4 * hidden + k];
@@ -225,20 +242,31 @@ ffi::Error CheckShapes(int64_t batch_major, ffi::Span<const int64_t> seq, int64_
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> bias,
-                   ffi::Buffer<ffi::F32> w_hh,
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> w_ih,
+                   ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_hh,
                    ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                    ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs,
                    ffi::ResultBuffer<ffi::F32> act, int64_t batch_major, int64_t max_threads) {
   const auto dims = xw.dimensions();
   const int64_t hidden = w_hh.dimensions()[0];
-  if (ffi::Error error = CheckShapes(batch_major, dims, hidden); error.failure()) return error;
+  // With w_ih [I, 4H], xw is x [.., I] and the projection happens here; with
+  // an empty w_ih, xw is the projection [.., 4H].
+  const int64_t in = w_ih.element_count() ? w_ih.dimensions()[0] : 0;
+  if (dims.size() != 3 || (batch_major != 0 && batch_major != 1))
+    return ffi::Error::InvalidArgument("mmzoo_lstm: expected [T, B, F] or [B, T, F] inputs");
+  if (hidden <= 0 || hidden % 64 != 0)
+    return ffi::Error::InvalidArgument("mmzoo_lstm: hidden size must be a multiple of 64");
+  if (in ? (dims[2] != in || w_ih.dimensions()[1] != 4 * hidden) : dims[2] != 4 * hidden)
+    return ffi::Error::InvalidArgument("mmzoo_lstm_forward: inputs and weights disagree");
   if (bias.element_count() != static_cast<size_t>(4 * hidden))
     return ffi::Error::InvalidArgument("mmzoo_lstm_forward: the bias must have 4H entries");
   const int64_t steps = dims[batch_major], batch = dims[1 - batch_major];
   if (steps == 0 || batch == 0) return ffi::Error::Success();
-  std::vector<float>& packed = Scratch(0, 4 * hidden * hidden);
-  PackForward(w_hh.typed_data(), hidden, packed.data());
+  const int64_t depth = in + hidden;
+  std::vector<float>& packed = Scratch(0, 4 * hidden * depth);
+  if (in) PackForward(w_ih.typed_data(), in, hidden, depth, packed.data());
+  PackForward(w_hh.typed_data(), hidden, hidden, depth, packed.data() + in * 64);
+  const Strides sx = StridesOf(batch_major, steps, batch, dims[2]);
   const Strides s4 = StridesOf(batch_major, steps, batch, 4 * hidden);
   const Strides s1 = StridesOf(batch_major, steps, batch, hidden);
   const bool save = act->element_count() > 0;
@@ -253,18 +281,20 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw, ffi::Buffer<f
     const float* h_prev = t ? h_out + (t - 1) * s1.step : h_init;
     const float* c_prev = t ? c_out + (t - 1) * s1.step : c_init;
     const int64_t prev_row = t ? s1.row : hidden;
-    const float* panel = wp + u * hidden * 64;
+    const float* panel = wp + u * depth * 64;
     const int64_t j = u * 16;
     const float* bias_j = b_all + j;  // loaded per row: held in registers, it spills the tile's
+    const float* x_t = x + t * sx.step;
     ForRowTiles(batch, [&]<int MR>(int64_t r0) {
       __m512 acc[MR][4];
-      Tile<MR>(h_prev + r0 * prev_row, prev_row, panel, hidden, acc);
+      Tile<MR>(x_t + r0 * sx.row, sx.row, in, h_prev + r0 * prev_row, prev_row, hidden, panel,
+               acc);
       for (int r = 0; r < MR; ++r) {
         const int64_t b = r0 + r;
-        const float* xr = x + t * s4.step + b * s4.row + j;  // read before act overwrites it
+        const float* xr = x_t + b * sx.row + j;
         const auto pre = [&](int gate) {
-          return _mm512_add_ps(_mm512_add_ps(acc[r][gate], _mm512_loadu_ps(xr + gate * hidden)),
-                               _mm512_loadu_ps(bias_j + gate * hidden));
+          const __m512 z = _mm512_add_ps(acc[r][gate], _mm512_loadu_ps(bias_j + gate * hidden));
+          return in ? z : _mm512_add_ps(z, _mm512_loadu_ps(xr + gate * hidden));
         };
         const __m512 i = Sigmoid(pre(0)), f = Sigmoid(pre(1)), g = Tanh(pre(2)),
                      o = Sigmoid(pre(3));
@@ -287,19 +317,27 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw, ffi::Buffer<f
 }
 
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> act, ffi::Buffer<ffi::F32> cs,
-                    ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> w_hh,
+                    ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> w_ih, ffi::Buffer<ffi::F32> w_hh,
                     ffi::Buffer<ffi::F32> d_hs, ffi::Buffer<ffi::F32> d_hT,
                     ffi::Buffer<ffi::F32> d_cT, ffi::ResultBuffer<ffi::F32> dz,
                     ffi::ResultBuffer<ffi::F32> d_h0, ffi::ResultBuffer<ffi::F32> d_c0,
-                    ffi::ResultBuffer<ffi::F32> d_b_rows, int64_t batch_major,
+                    ffi::ResultBuffer<ffi::F32> d_b_rows, ffi::ResultBuffer<ffi::F32> dx,
+                    int64_t batch_major,
                     int64_t max_threads) {
   const auto dims = act.dimensions();
   const int64_t hidden = w_hh.dimensions()[0];
   if (ffi::Error error = CheckShapes(batch_major, dims, hidden); error.failure()) return error;
   const int64_t steps = dims[batch_major], batch = dims[1 - batch_major];
   if (batch == 0) return ffi::Error::Success();
-  std::vector<float>& packed = Scratch(1, 4 * hidden * hidden);
-  PackBackward(w_hh.typed_data(), hidden, packed.data());
+  const int64_t in = w_ih.element_count() ? w_ih.dimensions()[0] : 0;
+  if (in % 64 != 0 || (in && w_ih.dimensions()[1] != 4 * hidden) ||
+      dx->element_count() != static_cast<size_t>(steps * batch * in))
+    return ffi::Error::InvalidArgument("mmzoo_lstm_backward: w_ih and dx disagree");
+  std::vector<float>& packed = Scratch(1, 4 * hidden * (hidden + in));
+  PackBackward(w_hh.typed_data(), hidden, hidden, packed.data());
+  if (in) PackBackward(w_ih.typed_data(), in, hidden, packed.data() + 4 * hidden * hidden);
+  const Strides sx = StridesOf(batch_major, steps, batch, in);
+  float* dx_out = dx->typed_data();
   // The carries dh, dc: [B, H] each.
   std::vector<float>& carries = Scratch(2, 2 * batch * hidden);
   float* dh = carries.data();
@@ -326,15 +364,20 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> act, ffi::Buffer
     float* dz_t = dz_out + t * s4.step;
     if (phase % 2 == 1) {
       const float* panel = wp + block * 4 * hidden * 64;
+      // Blocks past H / 64 are x's gradient: dx_t := dz_t W_ih^T.
+      const bool is_dx = block >= hidden / 64;
+      float* out = is_dx ? dx_out + t * sx.step + (block - hidden / 64) * 64 : dh + block * 64;
+      const int64_t out_row = is_dx ? sx.row : hidden;
       ForRowTiles(batch, [&]<int MR>(int64_t r0) {
         __m512 acc[MR][4];
-        Tile<MR>(dz_t + r0 * s4.row, s4.row, panel, 4 * hidden, acc);
+        Tile<MR>(nullptr, 0, 0, dz_t + r0 * s4.row, s4.row, 4 * hidden, panel, acc);
         for (int k = 0; k < MR; ++k)
           for (int q = 0; q < 4; ++q)
-            _mm512_storeu_ps(dh + (r0 + k) * hidden + block * 64 + q * 16, acc[k][q]);
+            _mm512_storeu_ps(out + (r0 + k) * out_row + q * 16, acc[k][q]);
       });
       return;
     }
+    if (block >= hidden / 64) return;
     const __m512 one = _mm512_set1_ps(1.0f);
     const float* c_prev = t ? c_in + (t - 1) * s1.step : c_init;
     const int64_t prev_row = t ? s1.row : hidden;
@@ -364,7 +407,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> act, ffi::Buffer
       }
     }
   };
-  RunPhases(pool, max_threads, 2 * steps, hidden / 64, unit);
+  RunPhases(pool, max_threads, 2 * steps, (hidden + in) / 64, unit);
   std::memcpy(d_h0->typed_data(), dh, batch * hidden * sizeof(float));
   std::memcpy(d_c0->typed_data(), dc, batch * hidden * sizeof(float));
   return ffi::Error::Success();
@@ -375,7 +418,8 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> act, ffi::Buffer
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MmzooLstmForward, Forward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // xw
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // xw, or x
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // w_ih, or empty
                                   .Arg<ffi::Buffer<ffi::F32>>()   // bias
                                   .Arg<ffi::Buffer<ffi::F32>>()   // w_hh
                                   .Arg<ffi::Buffer<ffi::F32>>()   // h0
@@ -392,6 +436,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MmzooLstmBackward, Backward,
                                   .Arg<ffi::Buffer<ffi::F32>>()   // act
                                   .Arg<ffi::Buffer<ffi::F32>>()   // cs
                                   .Arg<ffi::Buffer<ffi::F32>>()   // c0
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // w_ih, or empty
                                   .Arg<ffi::Buffer<ffi::F32>>()   // w_hh
                                   .Arg<ffi::Buffer<ffi::F32>>()   // d_hs
                                   .Arg<ffi::Buffer<ffi::F32>>()   // d_hT
@@ -400,5 +445,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MmzooLstmBackward, Backward,
                                   .Ret<ffi::Buffer<ffi::F32>>()   // d_h0
                                   .Ret<ffi::Buffer<ffi::F32>>()   // d_c0
                                   .Ret<ffi::Buffer<ffi::F32>>()   // d_b_rows
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dx, or empty
                                   .Attr<int64_t>("batch_major")
                                   .Attr<int64_t>("max_threads"));
