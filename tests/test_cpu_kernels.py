@@ -118,11 +118,16 @@ def test_matches_the_xla_loop(kernel, batch, hidden, layers):
     _close(ours, ref)
 
 
-def test_ids_and_embedding(kernel):
+@pytest.mark.parametrize("bad_id", [False, True])
+def test_ids_and_embedding(kernel, bad_id):
   """Ids with an embedding (the char model's first layer: rows of `embedding W_ih`
-  gathered, no input matmul) through the kernel equal the XLA loop."""
+  gathered, no input matmul) through the kernel equal the XLA loop; an id outside
+  the table gives NaN from its step on in both, as `jnp.take` does."""
   rng = np.random.default_rng(5)
-  ids = jnp.asarray(rng.integers(0, 9, size=(4, 10)))
+  ids = rng.integers(0, 9, size=(4, 10))
+  if bad_id:
+    ids[2, 6] = 9
+  ids = jnp.asarray(ids, jnp.int32)
   table = jnp.asarray(rng.normal(size=(9, 12)), jnp.float32)
   proj = jnp.asarray(rng.normal(size=(64,)), jnp.float32)
   results = []
@@ -130,13 +135,18 @@ def test_ids_and_embedding(kernel):
     module = Recurrent(cell="lstm", hidden_size=64, num_layers=2, fused_cpu_kernel=fused)
     params = module.init(jax.random.PRNGKey(0), ids, embedding=table)["params"]
 
-    def loss(params, table, module=module):
-      y, final = module.apply({"params": params}, ids, embedding=table)
+    def outputs(params, table, module=module):
+      return module.apply({"params": params}, ids, embedding=table)
+
+    def loss(params, table):
+      y, final = outputs(params, table)
       return jnp.sum(y * proj) + sum(jnp.sum(h) - jnp.sum(c) for h, c in final)
 
     grad = jax.value_and_grad(loss, argnums=(0, 1))
     assert _uses_kernel(grad, params, table) == fused
-    results.append(jax.jit(grad)(params, table))
+    results.append((jax.jit(outputs)(params, table), jax.jit(grad)(params, table)))
+  y = np.asarray(results[0][0][0])
+  assert np.isnan(y[2, 6:]).all() == bad_id and np.isfinite(np.delete(y, 2, axis=0)).all()
   for ours, ref in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
     _close(ours, ref)
 
