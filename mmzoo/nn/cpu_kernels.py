@@ -282,18 +282,14 @@ def forward(axis: int, save: bool, x, w_ih, bias, w_hh, h0, c0):
 def backward(axis: int, act, cs, c0, w_ih, w_hh, d_hs, d_hT, d_cT):
   """The kernel's reverse loop: `(dz, d_h0, d_c0, d_b_rows, dx)` (see kernels/lstm_cpu.cc).
 
-  `dx` is the gradient of the forward's `x`: None when `w_ih` is None (it is
-  `dz` then). The kernel computes it where `x`'s width is a multiple of 64,
-  else it is one XLA matmul.
+  `dx`, the gradient of the forward's `x`, comes from the kernel where `w_ih`
+  is given and `x`'s width is a multiple of 64; otherwise it is None, for the
+  caller to get from `dz`.
   """
   in_kernel = w_ih is not None and w_ih.shape[0] % HIDDEN_MULTIPLE == 0
   dz, d_h0, d_c0, d_b_rows, dx = _backward_op(axis)(
       act, cs, c0, _weight_or_empty(w_ih if in_kernel else None, w_hh), w_hh, d_hs, d_hT, d_cT)
-  if w_ih is None:
-    dx = None
-  elif not in_kernel:
-    dx = dz @ w_ih.T
-  return dz, d_h0, d_c0, d_b_rows, dx
+  return dz, d_h0, d_c0, d_b_rows, dx if in_kernel else None
 
 
 def _weight_or_empty(w_ih, w_hh):

@@ -445,9 +445,10 @@ def _fused_lstm_bwd(axis: int, residuals, cotangents):
   dz, d_h0, d_c0, d_b_rows, d_x = cpu_kernels.backward(axis, act, cs, c0, w_ih, w_hh, d_hs,
                                                        d_hT, d_cT)
   d_b = d_b_rows.sum(axis=0)
-  if w_ih is None:  # x was the input projection
-    d_x = dz
-  d_w_ih = None if w_ih is None else _weight_grad(x, dz)
+  if d_x is None:  # not from the kernel
+    d_x, d_w_ih = _input_grads(x, w_ih, dz)
+  else:
+    d_w_ih = _weight_grad(x, dz)
   d_w_hh = _weight_grad(_previous_states(h0, hs, axis), dz)
   return (d_x, d_w_ih, None if b_ih is None else d_b, d_w_hh, None if b_hh is None else d_b,
           (d_h0, d_c0))

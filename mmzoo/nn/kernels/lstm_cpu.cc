@@ -234,11 +234,15 @@ std::vector<float>& Scratch(int which, size_t size) {
   return buffers[which];
 }
 
-ffi::Error CheckShapes(int64_t batch_major, ffi::Span<const int64_t> seq, int64_t hidden) {
+// Checks a sequence's shape `seq` ([T, B, width] or [B, T, width]) and hidden size.
+ffi::Error CheckShapes(int64_t batch_major, ffi::Span<const int64_t> seq, int64_t hidden,
+                       int64_t width) {
   if (seq.size() != 3 || (batch_major != 0 && batch_major != 1))
-    return ffi::Error::InvalidArgument("mmzoo_lstm: expected [T, B, 4H] or [B, T, 4H] inputs");
-  if (hidden <= 0 || hidden % 64 != 0 || seq[2] != 4 * hidden)
+    return ffi::Error::InvalidArgument("mmzoo_lstm: expected [T, B, F] or [B, T, F] inputs");
+  if (hidden <= 0 || hidden % 64 != 0)
     return ffi::Error::InvalidArgument("mmzoo_lstm: hidden size must be a multiple of 64");
+  if (seq[2] != width)
+    return ffi::Error::InvalidArgument("mmzoo_lstm: inputs and weights disagree");
   return ffi::Error::Success();
 }
 
@@ -252,11 +256,10 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw, ffi::Buffer<f
   // With w_ih [I, 4H], xw is x [.., I] and the projection happens here; with
   // an empty w_ih, xw is the projection [.., 4H].
   const int64_t in = w_ih.element_count() ? w_ih.dimensions()[0] : 0;
-  if (dims.size() != 3 || (batch_major != 0 && batch_major != 1))
-    return ffi::Error::InvalidArgument("mmzoo_lstm: expected [T, B, F] or [B, T, F] inputs");
-  if (hidden <= 0 || hidden % 64 != 0)
-    return ffi::Error::InvalidArgument("mmzoo_lstm: hidden size must be a multiple of 64");
-  if (in ? (dims[2] != in || w_ih.dimensions()[1] != 4 * hidden) : dims[2] != 4 * hidden)
+  if (ffi::Error error = CheckShapes(batch_major, dims, hidden, in ? in : 4 * hidden);
+      error.failure())
+    return error;
+  if (in && w_ih.dimensions()[1] != 4 * hidden)
     return ffi::Error::InvalidArgument("mmzoo_lstm_forward: inputs and weights disagree");
   if (bias.element_count() != static_cast<size_t>(4 * hidden))
     return ffi::Error::InvalidArgument("mmzoo_lstm_forward: the bias must have 4H entries");
@@ -326,7 +329,8 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> act, ffi::Buffer
                     int64_t max_threads) {
   const auto dims = act.dimensions();
   const int64_t hidden = w_hh.dimensions()[0];
-  if (ffi::Error error = CheckShapes(batch_major, dims, hidden); error.failure()) return error;
+  if (ffi::Error error = CheckShapes(batch_major, dims, hidden, 4 * hidden); error.failure())
+    return error;
   const int64_t steps = dims[batch_major], batch = dims[1 - batch_major];
   if (batch == 0) return ffi::Error::Success();
   const int64_t in = w_ih.element_count() ? w_ih.dimensions()[0] : 0;
