@@ -26,9 +26,10 @@
 // "..": [T, B] with batch_major = 0, [B, T] with batch_major = 1.
 // Requires H % 64 == 0 (checked by the caller and here).
 //
-// Threads: each step splits over hidden units into units of work that the
-// calling thread and up to max_threads - 1 tasks on XLA's intra-op pool claim
-// one at a time; a step's units start once the previous step's are all done.
+// Threads: each step splits into units of work (over hidden units; over rows
+// in the backward's elementwise phase) that the calling thread and up to
+// max_threads - 1 tasks on XLA's intra-op pool claim one at a time; a step's
+// units start once the previous step's are all done.
 // A task that starts late, or never, holds nobody up. The caller sets
 // max_threads to the cores per CPU device, so that devices running side by
 // side (one per core) do not crowd each other out; with one thread, the work
@@ -369,9 +370,9 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> act, ffi::Buffer
   const int64_t rows_per_unit = (batch + units - 1) / units;
   auto unit = [=](int64_t phase, int64_t u) {
     const int64_t t = steps - 1 - phase / 2;
-    const int64_t block = u;
     float* dz_t = dz_out + t * s4.step;
     if (phase % 2 == 1) {
+      const int64_t block = u;  // of 64 output columns
       const float* panel = wp + block * 4 * hidden * 64;
       // Blocks past H / 64 are x's gradient: dx_t := dz_t W_ih^T.
       const bool is_dx = block >= hidden / 64;
