@@ -16,7 +16,7 @@ framework's (whose worker threads may still be spinning, which slows the
 next call by 5-10% on 2 cores); the median call of each is reported.
 PyTorch runs on `os.cpu_count()` threads.
 
-mmzoo's LSTM runs through its fused CPU kernel where that applies
+mmzoo's LSTM and GRU run through its fused CPU kernels where they apply
 (mmzoo/nn/cpu_kernels.py: AVX-512, a C++ compiler; on every CPU device); then its
 XLA loop (`fused_cpu_kernel=False`) is timed too, in the same alternation, as
 an extra row (`--noxla_loop` leaves it out). `MMZOO_CPU_KERNELS=0` turns the
@@ -104,7 +104,7 @@ def _mmzoo_fn(cell: str, state_dict, x: np.ndarray, proj: np.ndarray, fused: boo
   def run():
     return jax.block_until_ready(grad(params, x, proj))
 
-  kernel = "mmzoo_lstm_forward" in grad.as_text()
+  kernel = f"mmzoo_{cell}_forward" in grad.as_text()
   return run, "fused kernel" if kernel else f"XLA loop, unroll={module.unroll}"
 
 

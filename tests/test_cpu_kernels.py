@@ -1,9 +1,10 @@
-"""Tests for mmzoo.nn.cpu_kernels: the fused LSTM CPU kernel against PyTorch and the XLA loop.
+"""Tests for mmzoo.nn.cpu_kernels: the fused LSTM and GRU CPU kernels against PyTorch
+and the XLA loop.
 
-The kernel computes in float32 only, so it is checked against PyTorch in
+The kernels compute in float32 only, so they are checked against PyTorch in
 float32 and against mmzoo's XLA loop (itself checked against PyTorch in float64
-in test_recurrent.py). Every comparison first asserts that the kernel really ran.
-The tests that need the kernel skip, with the reason, where it cannot be built.
+in test_recurrent.py). Every comparison first asserts that a kernel really ran.
+The tests that need the kernels skip, with the reason, where they cannot be built.
 """
 
 import json
@@ -32,42 +33,50 @@ def _close(ours, ref, **kw):
 
 @pytest.fixture
 def kernel(monkeypatch):
-  """The kernel's default policy for this test; skips where the kernel cannot run."""
+  """The kernels' default policy for this test; skips where the kernels cannot run."""
   monkeypatch.delenv(cpu_kernels.POLICY_ENV, raising=False)
   if not cpu_kernels.available():
-    pytest.skip(f"the fused LSTM kernel cannot run here: {cpu_kernels._unsupported()}")
+    pytest.skip(f"the fused CPU kernels cannot run here: {cpu_kernels._unsupported()}")
 
 
-def _uses_kernel(fn, *args) -> bool:
+def _uses_kernel(fn, *args, cell="lstm") -> bool:
   text = jax.jit(fn).lower(*args).as_text()
-  return "mmzoo_lstm_forward" in text
+  return f"mmzoo_{cell}_forward" in text
+
+
+def _final_term(final):
+  """A weighted sum of every final state (LSTM: h and c), so that all their cotangents differ."""
+  return sum(jnp.sum(s * w) for layer in final
+             for s, w in zip(jax.tree.leaves(layer), (0.3, -0.7), strict=False))
 
 
 def _loss_fn(module, proj):
-  """A loss of the outputs and of every final h and c, so that all cotangents are nonzero."""
+  """A loss of the outputs and of every final state, so that all cotangents are nonzero."""
 
   def loss(params, x, carry):
     y, final = module.apply({"params": params}, x, initial_carry=carry)
-    extra = sum(jnp.sum(h * 0.3) + jnp.sum(c * -0.7) for h, c in final)
-    return jnp.sum(y * proj) + extra
+    return jnp.sum(y * proj) + _final_term(final)
 
   return loss
 
 
-def _random_carry(rng, count, batch, hidden):
-  return tuple((jnp.asarray(rng.normal(size=(batch, hidden)), jnp.float32),
-                jnp.asarray(rng.normal(size=(batch, hidden)), jnp.float32))
-               for _ in range(count))
+def _random_carry(rng, cell, count, batch, hidden):
+  def state():
+    return jnp.asarray(rng.normal(size=(batch, hidden)), jnp.float32)
+
+  return tuple((state(), state()) if cell == "lstm" else state() for _ in range(count))
 
 
-def test_matches_torch_lstm(kernel):
-  """Outputs, final states and every gradient against torch.nn.LSTM, float32."""
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_matches_torch(kernel, cell):
+  """Outputs, final states and every gradient against torch.nn.LSTM / nn.GRU, float32."""
   torch = pytest.importorskip("torch", reason="torch is not importable; this parity test needs it")
   B, T, F, H, L = 7, 9, 24, 64, 2
   torch.manual_seed(0)
-  tmod = torch.nn.LSTM(F, H, num_layers=L, bidirectional=True, batch_first=True)
+  tmod = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
+      F, H, num_layers=L, bidirectional=True, batch_first=True)
   module, params = from_torch({k: v.detach().numpy() for k, v in tmod.state_dict().items()},
-                              "lstm", L, bidirectional=True)
+                              cell, L, bidirectional=True)
   rng = np.random.default_rng(0)
   x = rng.normal(size=(B, T, F)).astype(np.float32)
   h0 = rng.normal(size=(2 * L, B, H)).astype(np.float32)
@@ -75,23 +84,34 @@ def test_matches_torch_lstm(kernel):
   proj = rng.normal(size=(2 * H,)).astype(np.float32)
 
   xt, h0t, c0t = (torch.tensor(a, requires_grad=True) for a in (x, h0, c0))
-  out_t, (hn_t, cn_t) = tmod(xt, (h0t, c0t))
-  loss_t = (out_t * torch.tensor(proj)).sum() + 0.3 * hn_t.sum() - 0.7 * cn_t.sum()
+  if cell == "lstm":
+    out_t, (hn_t, cn_t) = tmod(xt, (h0t, c0t))
+    loss_t = (out_t * torch.tensor(proj)).sum() + 0.3 * hn_t.sum() - 0.7 * cn_t.sum()
+    carry = tuple((jnp.asarray(h0[k]), jnp.asarray(c0[k])) for k in range(2 * L))
+  else:
+    out_t, hn_t = tmod(xt, h0t)
+    loss_t = (out_t * torch.tensor(proj)).sum() + 0.3 * hn_t.sum()
+    carry = tuple(jnp.asarray(h0[k]) for k in range(2 * L))
   loss_t.backward()
 
-  carry = tuple((jnp.asarray(h0[k]), jnp.asarray(c0[k])) for k in range(2 * L))
+  def states(final, which):  # h (0) or c (1) of every layer and direction, stacked
+    return jnp.stack([f[which] if cell == "lstm" else f for f in final])
+
   loss = _loss_fn(module, jnp.asarray(proj))
-  assert _uses_kernel(jax.grad(loss, argnums=(0, 1, 2)), params, jnp.asarray(x), carry)
+  assert _uses_kernel(jax.grad(loss, argnums=(0, 1, 2)), params, jnp.asarray(x), carry,
+                      cell=cell)
   out, final = module.apply({"params": params}, jnp.asarray(x), initial_carry=carry)
   np.testing.assert_allclose(out, out_t.detach().numpy(), **TOL)
-  np.testing.assert_allclose(jnp.stack([h for h, _ in final]), hn_t.detach().numpy(), **TOL)
-  np.testing.assert_allclose(jnp.stack([c for _, c in final]), cn_t.detach().numpy(), **TOL)
+  np.testing.assert_allclose(states(final, 0), hn_t.detach().numpy(), **TOL)
+  if cell == "lstm":
+    np.testing.assert_allclose(states(final, 1), cn_t.detach().numpy(), **TOL)
 
   d_params, d_x, d_carry = jax.grad(loss, argnums=(0, 1, 2))(params, jnp.asarray(x), carry)
   grad_tol = {"rtol": 1e-4, "atol": 1e-5}  # float32 sums over 9 steps x 7 examples
   np.testing.assert_allclose(d_x, xt.grad.numpy(), **grad_tol)
-  np.testing.assert_allclose(jnp.stack([h for h, _ in d_carry]), h0t.grad.numpy(), **grad_tol)
-  np.testing.assert_allclose(jnp.stack([c for _, c in d_carry]), c0t.grad.numpy(), **grad_tol)
+  np.testing.assert_allclose(states(d_carry, 0), h0t.grad.numpy(), **grad_tol)
+  if cell == "lstm":
+    np.testing.assert_allclose(states(d_carry, 1), c0t.grad.numpy(), **grad_tol)
   for name, p in tmod.named_parameters():  # weight_ih_l1_reverse -> l1_reverse/w_ih
     kind, _, layer = name.partition("_l")
     ours = d_params[f"l{layer}"][{"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih",
@@ -100,26 +120,29 @@ def test_matches_torch_lstm(kernel):
                                err_msg=name, **grad_tol)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("batch,hidden,layers", [(1, 64, 1), (13, 128, 2), (6, 64, 1)])
-def test_matches_the_xla_loop(kernel, batch, hidden, layers):
-  """Values and gradients equal the XLA loop's, across the kernel's row tiles (6, then the rest)."""
+def test_matches_the_xla_loop(kernel, cell, batch, hidden, layers):
+  """Values and gradients equal the XLA loop's, across the kernel's row tiles (6, then the
+  rest); the second of two layers takes `dx` in the kernel (input width a multiple of 64)."""
   rng = np.random.default_rng(batch)
   x = jnp.asarray(rng.normal(size=(batch, 11, 20)), jnp.float32)
   proj = jnp.asarray(rng.normal(size=(hidden,)), jnp.float32)
-  carry = _random_carry(rng, layers, batch, hidden)
+  carry = _random_carry(rng, cell, layers, batch, hidden)
   results = []
   for fused in (True, False):
-    module = Recurrent(cell="lstm", hidden_size=hidden, num_layers=layers, fused_cpu_kernel=fused)
+    module = Recurrent(cell=cell, hidden_size=hidden, num_layers=layers, fused_cpu_kernel=fused)
     params = module.init(jax.random.PRNGKey(0), x)["params"]
     loss = jax.value_and_grad(_loss_fn(module, proj), argnums=(0, 1, 2))
-    assert _uses_kernel(loss, params, x, carry) == fused
+    assert _uses_kernel(loss, params, x, carry, cell=cell) == fused
     results.append(jax.jit(loss)(params, x, carry))
   for ours, ref in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
     _close(ours, ref)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("bad_id", [False, True])
-def test_ids_and_embedding(kernel, bad_id):
+def test_ids_and_embedding(kernel, cell, bad_id):
   """Ids with an embedding (the char model's first layer: rows of `embedding W_ih`
   gathered, no input matmul) through the kernel equal the XLA loop; an id outside
   the table gives NaN from its step on in both, as `jnp.take` does."""
@@ -132,7 +155,7 @@ def test_ids_and_embedding(kernel, bad_id):
   proj = jnp.asarray(rng.normal(size=(64,)), jnp.float32)
   results = []
   for fused in (True, False):
-    module = Recurrent(cell="lstm", hidden_size=64, num_layers=2, fused_cpu_kernel=fused)
+    module = Recurrent(cell=cell, hidden_size=64, num_layers=2, fused_cpu_kernel=fused)
     params = module.init(jax.random.PRNGKey(0), ids, embedding=table)["params"]
 
     def outputs(params, table, module=module):
@@ -140,10 +163,10 @@ def test_ids_and_embedding(kernel, bad_id):
 
     def loss(params, table):
       y, final = outputs(params, table)
-      return jnp.sum(y * proj) + sum(jnp.sum(h) - jnp.sum(c) for h, c in final)
+      return jnp.sum(y * proj) + _final_term(final)
 
     grad = jax.value_and_grad(loss, argnums=(0, 1))
-    assert _uses_kernel(grad, params, table) == fused
+    assert _uses_kernel(grad, params, table, cell=cell) == fused
     results.append((jax.jit(outputs)(params, table), jax.jit(grad)(params, table)))
   y = np.asarray(results[0][0][0])
   assert np.isnan(y[2, 6:]).all() == bad_id and np.isfinite(np.delete(y, 2, axis=0)).all()
@@ -151,31 +174,36 @@ def test_ids_and_embedding(kernel, bad_id):
     _close(ours, ref)
 
 
-def test_time_major_scan_layer(kernel):
-  """`scan_layer` (time-major, input projection given) through the kernel equals the XLA loop."""
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_time_major_scan_layer(kernel, cell):
+  """`scan_layer` (time-major, input projection given; a GRU's `b_hh` apart) through the
+  kernel equals the XLA loop."""
   rng = np.random.default_rng(1)
   T, B, H = 8, 5, 64
-  xw = jnp.asarray(rng.normal(size=(T, B, 4 * H)), jnp.float32)
-  w_hh = jnp.asarray(rng.normal(size=(H, 4 * H)) * 0.1, jnp.float32)
-  carry = _random_carry(rng, 1, B, H)[0]
+  gates = 4 if cell == "lstm" else 3
+  xw = jnp.asarray(rng.normal(size=(T, B, gates * H)), jnp.float32)
+  w_hh = jnp.asarray(rng.normal(size=(H, gates * H)) * 0.1, jnp.float32)
+  b_hh = None if cell == "lstm" else jnp.asarray(rng.normal(size=(gates * H,)), jnp.float32)
+  carry = _random_carry(rng, cell, 1, B, H)[0]
 
-  def loss(xw, w_hh, carry, fused):
-    out, (h, c) = scan_layer("lstm", xw, w_hh, None, carry, None, fused=fused)
-    return jnp.sum(out * jnp.arange(H)) + jnp.sum(h) - 2 * jnp.sum(c)
+  def loss(xw, w_hh, b_hh, carry, fused):
+    out, final = scan_layer(cell, xw, w_hh, b_hh, carry, None, fused=fused)
+    return jnp.sum(out * jnp.arange(H)) + _final_term([final])
 
-  assert _uses_kernel(lambda *a: loss(*a, True), xw, w_hh, carry)
-  ours, ref = (jax.value_and_grad(loss, argnums=(0, 1, 2))(xw, w_hh, carry, fused)
+  assert _uses_kernel(lambda *a: loss(*a, True), xw, w_hh, b_hh, carry, cell=cell)
+  ours, ref = (jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(xw, w_hh, b_hh, carry, fused)
                for fused in (True, False))
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
     _close(a, b)
 
 
-def test_sharded_batch_runs_per_device(kernel):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_sharded_batch_runs_per_device(kernel, cell):
   """8 devices, the batch sharded: each device runs its own rows; the result is 1 device's."""
   assert jax.device_count() == 8
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.normal(size=(16, 7, 12)), jnp.float32)
-  module = Recurrent(cell="lstm", hidden_size=64, num_layers=2)
+  module = Recurrent(cell=cell, hidden_size=64, num_layers=2)
   params = module.init(jax.random.PRNGKey(0), x)["params"]
   proj = jnp.asarray(rng.normal(size=(64,)), jnp.float32)
   carry = module.initialize_carry(16)
@@ -186,7 +214,8 @@ def test_sharded_batch_runs_per_device(kernel):
   shard = lambda a: jax.device_put(a, NamedSharding(mesh, P("data")))  # noqa: E731
   args = (jax.device_put(params, NamedSharding(mesh, P())), shard(x), jax.tree.map(shard, carry))
   hlo = grad.lower(*args).compile().as_text()
-  calls = [line for line in hlo.splitlines() if 'custom_call_target="mmzoo_lstm_forward"' in line]
+  calls = [line for line in hlo.splitlines()
+           if f'custom_call_target="mmzoo_{cell}_forward"' in line]
   assert calls and all("f32[2,7,64]" in line for line in calls), calls  # 16 rows / 8 devices
   assert "all-gather" not in hlo
   sharded = grad(*args)
@@ -194,17 +223,18 @@ def test_sharded_batch_runs_per_device(kernel):
     _close(a, b)
 
 
-def test_vmap_maps_the_kernel(kernel):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_vmap_maps_the_kernel(kernel, cell):
   """Per-example gradients under vmap equal one call per example."""
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.normal(size=(3, 2, 5, 4)), jnp.float32)
-  module = Recurrent(cell="lstm", hidden_size=64)
+  module = Recurrent(cell=cell, hidden_size=64)
   params = module.init(jax.random.PRNGKey(0), x[0])["params"]
 
   def loss(params, x):
     return jnp.sum(module.apply({"params": params}, x)[0] ** 2)
 
-  assert _uses_kernel(loss, params, x[0])
+  assert _uses_kernel(loss, params, x[0], cell=cell)
   mapped = jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, x)
   for i in range(3):
     each = jax.grad(loss)(params, x[i])
@@ -212,11 +242,12 @@ def test_vmap_maps_the_kernel(kernel):
       _close(a[i], b)
 
 
-def test_nan_propagates(kernel):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_nan_propagates(kernel, cell):
   """A NaN input makes its own example's outputs NaN, not a finite number; others stay finite."""
   x = np.random.default_rng(4).normal(size=(3, 4, 8)).astype(np.float32)
   x[1, 2, 5] = np.nan
-  module = Recurrent(cell="lstm", hidden_size=64)
+  module = Recurrent(cell=cell, hidden_size=64)
   params = module.init(jax.random.PRNGKey(0), jnp.zeros_like(x))["params"]
   out, _ = jax.jit(module.apply)({"params": params}, jnp.asarray(x))
   out = np.asarray(out)
@@ -224,22 +255,27 @@ def test_nan_propagates(kernel):
   assert np.isfinite(out[[0, 2]]).all()
 
 
-def test_when_the_kernel_applies(monkeypatch):
-  """Only fitting layers take the kernel, and none with MMZOO_CPU_KERNELS=0."""
+def test_when_the_kernels_apply(monkeypatch):
+  """Only fitting LSTM and GRU layers take a kernel, and none with MMZOO_CPU_KERNELS=0."""
   x, w = jnp.zeros((2, 3, 4)), jnp.zeros((64, 256))
-  carry = (jnp.zeros((2, 64)), jnp.zeros((2, 64)))
+  h = jnp.zeros((2, 64))
+  carry = (h, h)
   monkeypatch.setenv(cpu_kernels.POLICY_ENV, "0")
-  assert not cpu_kernels.lstm_applies(x, w, carry, None)
+  assert not cpu_kernels.applies("lstm", x, w, carry, None)
+  assert not cpu_kernels.applies("gru", x, w[:, :192], h, None)
   monkeypatch.delenv(cpu_kernels.POLICY_ENV)
   if not cpu_kernels.available():
-    pytest.skip(f"the fused LSTM kernel cannot run here: {cpu_kernels._unsupported()}")
-  assert cpu_kernels.lstm_applies(x, w, carry, None)  # by default, with this process's 8 devices
-  assert not cpu_kernels.lstm_applies(x, w, carry, jnp.ones((2, 3, 1), bool))  # lengths
-  assert not cpu_kernels.lstm_applies(x, jnp.zeros((48, 192)), carry, None)  # 48 % 64 != 0
-  assert not cpu_kernels.lstm_applies(x.astype(jnp.bfloat16), w, carry, None)
+    pytest.skip(f"the fused CPU kernels cannot run here: {cpu_kernels._unsupported()}")
+  assert cpu_kernels.applies("lstm", x, w, carry, None)  # by default, with this process's 8 devices
+  assert cpu_kernels.applies("gru", x, w[:, :192], h, None)
+  assert not cpu_kernels.applies("rnn", x, w[:, :64], h, None)  # no kernel for the vanilla RNN
+  assert not cpu_kernels.applies("lstm", x, w, carry, jnp.ones((2, 3, 1), bool))  # lengths
+  assert not cpu_kernels.applies("lstm", x, jnp.zeros((48, 192)), carry, None)  # 48 % 64 != 0
+  assert not cpu_kernels.applies("lstm", x.astype(jnp.bfloat16), w, carry, None)
+  assert not cpu_kernels.applies("gru", x, w[:, :192], h.astype(jnp.bfloat16), None)
 
 
-# The kernel from a fresh cache in a process with one CPU device (the default policy, the
+# The kernels from a fresh cache in a process with one CPU device (the default policy, the
 # calling thread plus helpers from XLA's pool on a multi-core machine), against the XLA loop.
 _FRESH = r"""
 import json, logging, sys
@@ -250,12 +286,12 @@ from mmzoo.nn.recurrent import Recurrent
 x = jnp.asarray(np.random.default_rng(0).normal(size=(13, 6, 10)), jnp.float32)
 out = {}
 for fused in (True, False):
-  m = Recurrent(cell="lstm", hidden_size=128, fused_cpu_kernel=fused)
+  m = Recurrent(cell="gru", hidden_size=128, fused_cpu_kernel=fused)
   p = m.init(jax.random.PRNGKey(0), x)["params"]
   f = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(m.apply({"params": p}, x)[0]))))
-  out[fused] = (f(p, x), "mmzoo_lstm_forward" in f.lower(p, x).as_text())
-err = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(out[True][0]),
-                                                       jax.tree.leaves(out[False][0])))
+  out[fused] = (f(p, x), "mmzoo_gru_forward" in f.lower(p, x).as_text())
+err = max(float(jnp.abs(a - b).max() / max(1.0, jnp.abs(b).max()))  # float32 rounding, relative
+          for a, b in zip(jax.tree.leaves(out[True][0]), jax.tree.leaves(out[False][0])))
 print(json.dumps({"kernel": out[True][1], "xla": out[False][1], "err": err}))
 """
 
@@ -272,10 +308,10 @@ def _run_fresh(tmp_path, **env):
 
 def test_fresh_build_runs_by_default_with_one_device(tmp_path):
   if cpu_kernels._unsupported():
-    pytest.skip(f"the fused LSTM kernel cannot run here: {cpu_kernels._unsupported()}")
+    pytest.skip(f"the fused CPU kernels cannot run here: {cpu_kernels._unsupported()}")
   result, stderr = _run_fresh(tmp_path)
-  assert "built the fused LSTM CPU kernel" in stderr
-  assert len(list((tmp_path / "cache" / "kernels").glob("lstm_cpu-*.so"))) == 1
+  assert "built the fused recurrent CPU kernels" in stderr
+  assert len(list((tmp_path / "cache" / "kernels").glob("recurrent_cpu-*.so"))) == 1
   assert result["kernel"] and not result["xla"]
   assert result["err"] < 1e-5
 
@@ -284,5 +320,5 @@ def test_failed_build_falls_back_to_the_xla_loop(tmp_path):
   """A compiler that fails leaves the XLA loop in place and says why; results are unchanged."""
   result, stderr = _run_fresh(tmp_path, CXX="false")
   assert not result["kernel"] and result["err"] == 0.0
-  assert "fused LSTM CPU kernel not used" in stderr
+  assert "fused recurrent CPU kernels not used" in stderr
   assert not list((tmp_path / "cache").rglob("*.so"))

@@ -145,7 +145,7 @@ def test_two_processes_with_the_lstm_kernel(corpus, tmp_path):
   the parameters equal one process's on 2 devices with the kernel off (the XLA loop)."""
   from mmzoo.nn import cpu_kernels
   if cpu_kernels._unsupported():
-    pytest.skip(f"the fused LSTM kernel cannot run here: {cpu_kernels._unsupported()}")
+    pytest.skip(f"the fused CPU kernels cannot run here: {cpu_kernels._unsupported()}")
   args = _config_args(corpus, 4, checkpoint_every=4, eval_every=4) + [
       "--config.model.hidden_size=64"]
   logs2, logs1 = tmp_path / "logs2", tmp_path / "logs1"

@@ -1,23 +1,25 @@
-"""The LSTM recurrence as one fused CPU kernel (an XLA FFI call), built on first use.
+"""LSTM and GRU recurrences as fused CPU kernels (XLA FFI calls), built on first use.
 
-XLA's CPU runtime runs a scanned LSTM as a dozen small ops per time step,
-each dispatched on its own; `kernels/lstm_cpu.cc` runs a whole sequence in one
-call, with the gate math fused into the epilogue of each step's matmul of
-`[x_t | h_{t-1}]` by `[W_ih; W_hh]`, as oneDNN's RNN primitive does for PyTorch;
-its backward computes `x`'s gradient beside the recurrence's. The weight
-gradients stay large XLA matmuls. benchmarks/RESULTS.md has the measurements.
+XLA's CPU runtime runs a scanned LSTM or GRU as a dozen small ops per time
+step, each dispatched on its own; `kernels/recurrent_cpu.cc` runs a whole
+sequence in one call, with the gate math fused into the epilogue of each
+step's matmul of `[x_t | h_{t-1}]` by `[W_ih; W_hh]`, as oneDNN's RNN primitive
+does for PyTorch; its backward computes `x`'s gradient beside the recurrence's.
+The weight gradients stay large XLA matmuls. benchmarks/RESULTS.md has the
+measurements.
 
-`recurrent.py` makes the layer differentiable around `forward` and `backward`.
+`recurrent.py` makes the layers differentiable around `lstm_forward`,
+`lstm_backward`, `gru_forward` and `gru_backward`.
 
-The kernel needs x86-64 with AVX-512 (F and DQ), Linux and a C++20 compiler
-(`$CXX`, else g++, c++ or clang++). It is compiled once against JAX's FFI
+The kernels need x86-64 with AVX-512 (F and DQ), Linux and a C++20 compiler
+(`$CXX`, else g++, c++ or clang++). They are compiled once against JAX's FFI
 headers into `$MMZOO_CACHE_DIR` (default `~/.cache/mmzoo`), keyed by the
-source, the compiler and the JAX version, and takes ~8 s. Where any of that
+source, the compiler and the JAX version, which takes ~8 s. Where any of that
 is missing `recurrent.py` keeps its XLA loop, and says why once (INFO log).
 Both compute the same function (tests/test_cpu_kernels.py).
 
-`MMZOO_CPU_KERNELS=0` turns the kernel off; otherwise it runs wherever it fits
-(see `lstm_applies`), on one thread per device where a process splits its
+`MMZOO_CPU_KERNELS=0` turns the kernels off; otherwise they run wherever they
+fit (see `applies`), on one thread per device where a process splits its
 cores into one CPU device each (as the char launcher does).
 
 Under `jit` with sharded inputs the calls are partitioned over the batch
@@ -47,11 +49,15 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-_SOURCE = Path(__file__).with_name("kernels") / "lstm_cpu.cc"
-_FORWARD, _BACKWARD = "mmzoo_lstm_forward", "mmzoo_lstm_backward"
+_SOURCE = Path(__file__).with_name("kernels") / "recurrent_cpu.cc"
+# cell -> (forward, backward) FFI targets, and the library symbols that implement them.
+_TARGETS = {"lstm": ("mmzoo_lstm_forward", "mmzoo_lstm_backward"),
+            "gru": ("mmzoo_gru_forward", "mmzoo_gru_backward")}
+_SYMBOLS = {"mmzoo_lstm_forward": "MmzooLstmForward", "mmzoo_lstm_backward": "MmzooLstmBackward",
+            "mmzoo_gru_forward": "MmzooGruForward", "mmzoo_gru_backward": "MmzooGruBackward"}
 _FLAGS = ("-O3", "-std=c++20", "-mavx512f", "-mavx512dq", "-mfma", "-shared", "-fPIC")
-POLICY_ENV = "MMZOO_CPU_KERNELS"  # "0": never; otherwise wherever it fits.
-HIDDEN_MULTIPLE = 64  # The kernel's tiles need hidden % 64 == 0.
+POLICY_ENV = "MMZOO_CPU_KERNELS"  # "0": never; otherwise wherever they fit.
+HIDDEN_MULTIPLE = 64  # The kernels' tiles need hidden % 64 == 0.
 
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -59,7 +65,7 @@ _loaded: bool | None = None  # None until the first `available()`.
 
 
 def available() -> bool:
-  """Whether the fused LSTM kernel is built and registered (builds it on the first call)."""
+  """Whether the fused kernels are built and registered (builds them on the first call)."""
   global _loaded
   with _lock:
     if _loaded is None:
@@ -67,19 +73,19 @@ def available() -> bool:
     return _loaded
 
 
-def lstm_applies(x: jax.Array, w_hh: jax.Array, carry, mask) -> bool:
-  """Whether `recurrent.py` should run this LSTM layer through the fused kernel.
+def applies(cell: str, x: jax.Array, w_hh: jax.Array, carry, mask) -> bool:
+  """Whether `recurrent.py` should run this layer through a fused kernel.
 
-  It must fit the kernel (no mask, float32, hidden a multiple of 64, on CPU,
-  the kernel built) and not be turned off (`MMZOO_CPU_KERNELS=0`). With one
-  device per core, as the char launcher splits a CPU, each device runs it on
-  one thread (benchmarks/RESULTS.md, char_lm, has the measurements).
+  It must be an LSTM or GRU layer that fits the kernels (no mask, float32,
+  hidden a multiple of 64, on CPU, the kernels built) and they must not be
+  turned off (`MMZOO_CPU_KERNELS=0`). With one device per core, as the char
+  launcher splits a CPU, each device runs them on one thread
+  (benchmarks/RESULTS.md, char_lm, has the measurements).
   """
-  h0, c0 = carry
-  if os.environ.get(POLICY_ENV) == "0":
+  if cell not in _TARGETS or os.environ.get(POLICY_ENV) == "0":
     return False
   return (mask is None and w_hh.shape[0] % HIDDEN_MULTIPLE == 0
-          and all(a.dtype == jnp.float32 for a in (x, w_hh, h0, c0))
+          and all(a.dtype == jnp.float32 for a in (x, w_hh, *jax.tree.leaves(carry)))
           and jax.default_backend() == "cpu" and available())
 
 
@@ -120,7 +126,7 @@ def _cache_dir() -> Path:
 
 
 def _build() -> Path:
-  """Compiles the kernel into the cache (once per source, compiler and JAX version)."""
+  """Compiles the kernels into the cache (once per source, compiler and JAX version)."""
   compiler = _compiler()
   include = jax.ffi.include_dir()
   source = _SOURCE.read_bytes()
@@ -128,7 +134,7 @@ def _build() -> Path:
       [source, compiler.encode(), " ".join(_FLAGS).encode(), _jaxlib_version().encode()])
   ).hexdigest()[:16]
   for cache in (_cache_dir(), Path(tempfile.gettempdir()) / f"mmzoo-kernels-{os.getuid()}"):
-    target = cache / f"lstm_cpu-{key}.so"
+    target = cache / f"recurrent_cpu-{key}.so"
     if target.exists():
       return target
     try:
@@ -145,10 +151,10 @@ def _build() -> Path:
     finally:
       if os.path.exists(tmp):
         os.unlink(tmp)
-    _log.info("built the fused LSTM CPU kernel in %.1f s: %s", time.perf_counter() - start,
-              target)
+    _log.info("built the fused recurrent CPU kernels in %.1f s: %s",
+              time.perf_counter() - start, target)
     return target
-  raise OSError(f"no writable cache directory for the kernel ({_cache_dir()})")
+  raise OSError(f"no writable cache directory for the kernels ({_cache_dir()})")
 
 
 def _load() -> bool:
@@ -158,18 +164,19 @@ def _load() -> bool:
     try:
       path = _build()
       lib = ctypes.CDLL(str(path))
-      jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.MmzooLstmForward),
-                                  platform="cpu")
-      jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.MmzooLstmBackward),
-                                  platform="cpu")
-      _log.info("LSTM layers without lengths run through the fused CPU kernel (%s)", path)
+      for target, symbol in _SYMBOLS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                    platform="cpu")
+      _log.info("LSTM and GRU layers without lengths run through the fused CPU kernels (%s)",
+                path)
       return True
     except subprocess.CalledProcessError as e:
       last = (e.stderr or "").strip().splitlines()[-1:] or ["(no output)"]
       reason = f"compiling {_SOURCE.name} failed: {last[0]}"
     except (OSError, subprocess.TimeoutExpired, AttributeError) as e:  # AttributeError: no symbol
       reason = f"{type(e).__name__}: {e}"
-  _log.log(level, "fused LSTM CPU kernel not used (%s); LSTM layers run as XLA loops", reason)
+  _log.log(level, "fused recurrent CPU kernels not used (%s); LSTM and GRU layers run as XLA "
+           "loops", reason)
   return False
 
 
@@ -186,61 +193,68 @@ def _threads_per_device() -> np.int64:
   return np.int64(max(1, (cores or 1) // jax.local_device_count("cpu")))
 
 
-def _forward_call(axis: int, save: bool, x, w_ih, bias, w_hh, h0, c0):
+def _forward_call(cell: str, axis: int, save: bool, x, w_ih, bias, w_hh, *states):
+  """The cell's forward kernel: `(hs, cs, act)` for an LSTM, `(hs, act)` for a GRU."""
   steps, batch, hidden = x.shape[axis], x.shape[1 - axis], w_hh.shape[0]
-  out = (_seq(axis, batch, steps, hidden), _seq(axis, batch, steps, hidden),
-         _seq(axis, batch, steps, 4 * hidden if save else 0))
-  # (Aliasing `act` to the input would save memory, but XLA then copies the input first.)
-  return jax.ffi.ffi_call(_FORWARD, out, vmap_method="sequential")(
-      x, w_ih, bias, w_hh, h0, c0, batch_major=np.int64(axis),
+  hs = _seq(axis, batch, steps, hidden)
+  act = _seq(axis, batch, steps, 4 * hidden if save else 0)
+  out = (hs, hs, act) if cell == "lstm" else (hs, act)
+  return jax.ffi.ffi_call(_TARGETS[cell][0], out, vmap_method="sequential")(
+      x, w_ih, bias, w_hh, *states, batch_major=np.int64(axis),
       max_threads=_threads_per_device())
 
 
-def _backward_call(axis: int, act, cs, c0, w_ih, w_hh, d_hs, d_hT, d_cT):
-  batch, hidden = c0.shape
+def _backward_call(cell: str, axis: int, act, seq, h_or_c0, w_ih, w_hh, d_hs, *d_final):
+  """The cell's reverse loop: `(dz, d_h0, d_c0, d_b_rows, dx)` for an LSTM (`seq`
+  its `cs`, `h_or_c0` its `c0`), `(dxw, dhw, d_h0, d_b_rows, dx)` for a GRU
+  (`seq` its `hs`, `h_or_c0` its `h0`)."""
+  batch, hidden = h_or_c0.shape
   steps = act.shape[axis]
-  out = (jax.ShapeDtypeStruct(act.shape, act.dtype), jax.ShapeDtypeStruct(c0.shape, c0.dtype),
-         jax.ShapeDtypeStruct(c0.shape, c0.dtype),
-         jax.ShapeDtypeStruct((batch, 4 * hidden), act.dtype),
-         _seq(axis, batch, steps, w_ih.shape[0]))
-  # The gate gradients overwrite the saved activations in place.
-  return jax.ffi.ffi_call(_BACKWARD, out, input_output_aliases={0: 0},
-                          vmap_method="sequential")(act, cs, c0, w_ih, w_hh, d_hs, d_hT, d_cT,
-                                                    batch_major=np.int64(axis),
-                                                    max_threads=_threads_per_device())
+  state = jax.ShapeDtypeStruct((batch, hidden), jnp.float32)
+  rows = jax.ShapeDtypeStruct((batch, 4 * hidden), jnp.float32)
+  dx = _seq(axis, batch, steps, w_ih.shape[0])
+  if cell == "lstm":
+    # The gate gradients overwrite the saved activations in place.
+    out, aliases = (jax.ShapeDtypeStruct(act.shape, act.dtype), state, state, rows, dx), {0: 0}
+  else:
+    dz = _seq(axis, batch, steps, 3 * hidden)
+    out, aliases = (dz, dz, state, rows, dx), {}
+  return jax.ffi.ffi_call(_TARGETS[cell][1], out, input_output_aliases=aliases,
+                          vmap_method="sequential")(
+      act, seq, h_or_c0, w_ih, w_hh, d_hs, *d_final, batch_major=np.int64(axis),
+      max_threads=_threads_per_device())
 
 
-def _batch_partitioned(call, static: tuple, kinds_in: str, kinds_out: str, rule: str):
+def _batch_partitioned(call, static: tuple, axis: int, kinds_in: str, kinds_out: str,
+                       rule: str):
   """`call(*static, *arrays)`, each device running its own rows of the batch.
 
   `kinds_*` give each array's role: "s" a sequence (`[T, B, ..]` or `[B, T,
-  ..]` by `static[0]`, the time axis), "b" a `[B, H]` state, "w" a weight
+  ..]` by `axis`, the time axis), "b" a `[B, H]` state, "w" a weight
   (replicated). Every other dimension is replicated.
   """
 
-  def spec(kind: str, axis: int, batch_axes):
+  def spec(kind: str, batch_axes):
     if kind == "w":
       return P()
     return P(None, batch_axes) if kind == "s" and axis == 0 else P(batch_axes)
 
-  def shardings(mesh, axis, batch_axes, kinds):
-    return tuple(NamedSharding(mesh, spec(k, axis, batch_axes)) for k in kinds)
+  def shardings(mesh, batch_axes, kinds):
+    return tuple(NamedSharding(mesh, spec(k, batch_axes)) for k in kinds)
 
-  def batch_axes_of(axis, arg_shapes):
+  def batch_axes_of(arg_shapes):
     first = arg_shapes[0].sharding.spec  # a sequence: its batch dim is 1 - axis
     return first[1 - axis] if len(first) > 1 - axis else None
 
   def partition(*args):
-    statics, (mesh, arg_shapes, _) = args[:len(static)], args[len(static):]
-    axis = statics[0]
-    batch_axes = batch_axes_of(axis, arg_shapes)
-    return (mesh, functools.partial(call, *statics),
-            shardings(mesh, axis, batch_axes, kinds_out),
-            shardings(mesh, axis, batch_axes, kinds_in))
+    mesh, arg_shapes, _ = args[len(static):]
+    batch_axes = batch_axes_of(arg_shapes)
+    return (mesh, functools.partial(call, *static), shardings(mesh, batch_axes, kinds_out),
+            shardings(mesh, batch_axes, kinds_in))
 
   def infer(*args):  # for the GSPMD partitioner (jax_use_shardy_partitioner=False)
-    statics, (mesh, arg_shapes, _) = args[:len(static)], args[len(static):]
-    return shardings(mesh, statics[0], batch_axes_of(statics[0], arg_shapes), kinds_out)
+    mesh, arg_shapes, _ = args[len(static):]
+    return shardings(mesh, batch_axes_of(arg_shapes), kinds_out)
 
   wrapped = custom_partitioning(call, static_argnums=tuple(range(len(static))))
   wrapped.def_partition(partition=partition, infer_sharding_from_operands=infer,
@@ -268,32 +282,61 @@ def _mapped_under_vmap(op):
   return mapped
 
 
-def forward(axis: int, save: bool, x, w_ih, bias, w_hh, h0, c0):
-  """The kernel's forward over a sequence: `(hs, cs, act)` (see kernels/lstm_cpu.cc).
+def lstm_forward(axis: int, save: bool, x, w_ih, bias, w_hh, h0, c0):
+  """The LSTM kernel's forward over a sequence: `(hs, cs, act)` (see kernels/recurrent_cpu.cc).
 
   `axis` is the time axis of `x`; with `w_ih` None, `x` is the input
-  projection `x W_ih` (without `bias`) already. With `save`, `act` holds the
-  gate activations the backward needs, else it is empty. Check `lstm_applies`
-  first.
+  projection `x W_ih` (without `bias`) already. `bias` is `b_ih + b_hh`. With
+  `save`, `act` holds the gate activations the backward needs, else it is
+  empty. Check `applies` first.
   """
-  return _forward_op(axis, save)(x, _weight_or_empty(w_ih, w_hh), bias, w_hh, h0, c0)
+  return _forward_op("lstm", axis, save)(x, _weight_or_empty(w_ih, w_hh), bias, w_hh, h0, c0)
 
 
-def backward(axis: int, act, cs, c0, w_ih, w_hh, d_hs, d_hT, d_cT):
-  """The kernel's reverse loop: `(dz, d_h0, d_c0, d_b_rows, dx)` (see kernels/lstm_cpu.cc).
+def lstm_backward(axis: int, act, cs, c0, w_ih, w_hh, d_hs, d_hT, d_cT):
+  """The LSTM kernel's reverse loop: `(dz, d_h0, d_c0, d_b_rows, dx)` (see
+  kernels/recurrent_cpu.cc).
 
   `dx`, the gradient of the forward's `x`, comes from the kernel where `w_ih`
   is given and `x`'s width is a multiple of 64; otherwise it is None, for the
   caller to get from `dz`.
   """
-  in_kernel = w_ih is not None and w_ih.shape[0] % HIDDEN_MULTIPLE == 0
-  dz, d_h0, d_c0, d_b_rows, dx = _backward_op(axis)(
-      act, cs, c0, _weight_or_empty(w_ih if in_kernel else None, w_hh), w_hh, d_hs, d_hT, d_cT)
-  return dz, d_h0, d_c0, d_b_rows, dx if in_kernel else None
+  w_ih = _dx_weight(w_ih)
+  dz, d_h0, d_c0, d_b_rows, dx = _backward_op("lstm", axis)(
+      act, cs, c0, _weight_or_empty(w_ih, w_hh), w_hh, d_hs, d_hT, d_cT)
+  return dz, d_h0, d_c0, d_b_rows, None if w_ih is None else dx
+
+
+def gru_forward(axis: int, save: bool, x, w_ih, bias, w_hh, h0):
+  """The GRU kernel's forward over a sequence: `(hs, act)` (see kernels/recurrent_cpu.cc).
+
+  As `lstm_forward`, but `bias` is `<float32>[4 hidden]`: `[b_ir + b_hr, b_iz
+  + b_hz, b_in, b_hn]`, and `act` holds `[r, z, n, W_hn h + b_hn]` of every step.
+  """
+  return _forward_op("gru", axis, save)(x, _weight_or_empty(w_ih, w_hh), bias, w_hh, h0)
+
+
+def gru_backward(axis: int, act, hs, h0, w_ih, w_hh, d_hs, d_hT):
+  """The GRU kernel's reverse loop: `(dxw, dhw, d_h0, d_b_rows, dx)`.
+
+  `dxw` and `dhw` are the gradients of every step's input and hidden
+  projections (`[dr, dz, dn]` and `[dr, dz, dn r]`, pre-activations), whose
+  matmuls give `dW_ih` and `dW_hh`; `d_b_rows` sums `[dr, dz, dn, dn r]` over
+  time per row; `dx` as in `lstm_backward`.
+  """
+  w_ih = _dx_weight(w_ih)
+  dxw, dhw, d_h0, d_b_rows, dx = _backward_op("gru", axis)(
+      act, hs, h0, _weight_or_empty(w_ih, w_hh), w_hh, d_hs, d_hT)
+  return dxw, dhw, d_h0, d_b_rows, None if w_ih is None else dx
+
+
+def _dx_weight(w_ih):
+  """`w_ih` where the kernel computes `dx` with it (input width a multiple of 64), else None."""
+  return w_ih if w_ih is not None and w_ih.shape[0] % HIDDEN_MULTIPLE == 0 else None
 
 
 def _weight_or_empty(w_ih, w_hh):
-  """`w_ih`, or the kernel's `[0, 4H]` stand-in for none."""
+  """`w_ih`, or the kernel's `[0, gates * H]` stand-in for none."""
   return jnp.zeros((0, w_hh.shape[1]), w_hh.dtype) if w_ih is None else w_ih
 
 
@@ -303,15 +346,22 @@ def _seq_dims(axis: int, width: str) -> str:
 
 
 @functools.cache
-def _forward_op(axis: int, save: bool):
+def _forward_op(cell: str, axis: int, save: bool):
   s = functools.partial(_seq_dims, axis)
-  rule = f"{s('f')}, i g, g, h g, b h, b h -> {s('h')}, {s('h')}, {s('k')}"
-  return _batch_partitioned(_forward_call, (axis, save), "swwwbb", "sss", rule)
+  if cell == "lstm":
+    rule = f"{s('f')}, i g, g, h g, b h, b h -> {s('h')}, {s('h')}, {s('k')}"
+    return _batch_partitioned(_forward_call, (cell, axis, save), axis, "swwwbb", "sss", rule)
+  rule = f"{s('f')}, i g, k, h g, b h -> {s('h')}, {s('k')}"
+  return _batch_partitioned(_forward_call, (cell, axis, save), axis, "swwwb", "ss", rule)
 
 
 @functools.cache
-def _backward_op(axis: int):
+def _backward_op(cell: str, axis: int):
   s = functools.partial(_seq_dims, axis)
-  rule = (f"{s('g')}, {s('h')}, b h, i g, h g, {s('h')}, b h, b h -> "
-          f"{s('g')}, b h, b h, b g, {s('j')}")
-  return _batch_partitioned(_backward_call, (axis,), "ssbwwsbb", "sbbbs", rule)
+  if cell == "lstm":
+    rule = (f"{s('g')}, {s('h')}, b h, i g, h g, {s('h')}, b h, b h -> "
+            f"{s('g')}, b h, b h, b g, {s('j')}")
+    return _batch_partitioned(_backward_call, (cell, axis), axis, "ssbwwsbb", "sbbbs", rule)
+  rule = (f"{s('k')}, {s('h')}, b h, i g, h g, {s('h')}, b h -> "
+          f"{s('g')}, {s('g')}, b h, b k, {s('j')}")
+  return _batch_partitioned(_backward_call, (cell, axis), axis, "ssbwwsb", "ssbbs", rule)

@@ -13,8 +13,8 @@ unchanged (see `from_torch`):
 `Recurrent` stacks layers (optionally bidirectional) and runs each as one
 `lax.scan` over time. The input projection `x W_ih + b_ih` of every time step
 is a single large matmul outside the scan; only `h W_hh` stays inside the loop.
-On CPUs where it fits, an LSTM layer without lengths runs instead through a
-fused kernel (`cpu_kernels.py`) that computes the same function faster.
+On CPUs where they fit, LSTM and GRU layers without lengths run instead
+through fused kernels (`cpu_kernels.py`) that compute the same function faster.
 
 Carries follow PyTorch's ordering: a tuple with one entry per layer and
 direction (index `layer * num_directions + direction`), where an entry is `h`
@@ -156,9 +156,9 @@ def recurrent_layer(cell: CellKind, x: jax.Array, w_ih: jax.Array | None,
       True for each example's first steps and False past its length, or None.
     unroll: loop unroll factor (speed only; 1 is fastest on CPU).
     time_axis: 0 for time-major arrays, 1 for batch-major ones.
-    fused: run an LSTM without a mask through the fused CPU kernel where it
-      applies (`cpu_kernels.lstm_applies`: on CPU, float32, hidden a multiple
-      of 64, the kernel built); the same function either way (speed only).
+    fused: run an LSTM or GRU without a mask through the fused CPU kernels
+      where they apply (`cpu_kernels.applies`: on CPU, float32, hidden a
+      multiple of 64, the kernels built); the same function either way (speed only).
 
   Returns:
     `(outputs <float32>[time, batch, hidden] (or batch-major), final carry)`;
@@ -167,8 +167,8 @@ def recurrent_layer(cell: CellKind, x: jax.Array, w_ih: jax.Array | None,
   if x.shape[time_axis] == 0:
     shape = list(x.shape[:-1]) + [w_hh.shape[0]]
     return jnp.zeros(shape, x.dtype), carry
-  if fused and cell == "lstm" and cpu_kernels.lstm_applies(x, w_hh, carry, mask):
-    return _fused_lstm(time_axis, x, w_ih, b_ih, w_hh, b_hh, carry)
+  if fused and cpu_kernels.applies(cell, x, w_hh, carry, mask):
+    return _fused(cell, time_axis, x, w_ih, b_ih, w_hh, b_hh, carry)
   return _recurrence(cell, unroll, time_axis, x, w_ih, b_ih, w_hh, b_hh, carry, mask)
 
 
@@ -182,8 +182,8 @@ def scan_layer(cell: CellKind, xw: jax.Array, w_hh: jax.Array, b_hh: jax.Array |
   """
   if xw.shape[0] == 0:
     return jnp.zeros((0, xw.shape[1], w_hh.shape[0]), xw.dtype), carry
-  if fused and cell == "lstm" and cpu_kernels.lstm_applies(xw, w_hh, carry, mask):
-    return _fused_lstm(0, xw, None, None, w_hh, b_hh, carry)
+  if fused and cpu_kernels.applies(cell, xw, w_hh, carry, mask):
+    return _fused(cell, 0, xw, None, None, w_hh, b_hh, carry)
   return _recurrence(cell, unroll, 0, xw, None, None, w_hh, b_hh, carry, mask)
 
 
@@ -410,51 +410,74 @@ def _input_grads(x: jax.Array, w_ih: jax.Array | None, dxw: jax.Array):
   return dxw @ w_ih.T, _weight_grad(x, dxw)
 
 
-# --- an LSTM layer through the fused CPU kernel (cpu_kernels.py) ----------------------------
+# --- LSTM and GRU layers through the fused CPU kernels (cpu_kernels.py) -------------------
 
-def _fused_lstm_forward(axis: int, save: bool, x, w_ih, b_ih, w_hh, b_hh, carry):
-  b_x, _ = _split_biases("lstm", b_ih, b_hh)
-  if b_x is None:
-    b_x = jnp.zeros(w_hh.shape[-1:], x.dtype)
-  h0, c0 = carry
-  # The kernel multiplies each step's x by W_ih itself (no projection of all steps first).
-  hs, cs, act = cpu_kernels.forward(axis, save, x, w_ih, b_x, w_hh, h0, c0)
-  last = functools.partial(jax.lax.index_in_dim, index=hs.shape[axis] - 1, axis=axis,
+def _gru_kernel_bias(b_ih, b_hh, hidden: int, dtype) -> jax.Array:
+  """The GRU kernel's bias `[b_ir + b_hr, b_iz + b_hz, b_in, b_hn]` (zeros for None)."""
+  zeros = jnp.zeros((3 * hidden,), dtype)
+  b_ih, b_hh = (zeros if b is None else b for b in (b_ih, b_hh))
+  return jnp.concatenate([b_ih[:2 * hidden] + b_hh[:2 * hidden], b_ih[2 * hidden:],
+                          b_hh[2 * hidden:]])
+
+
+def _fused_forward(cell: CellKind, axis: int, save: bool, x, w_ih, b_ih, w_hh, b_hh, carry):
+  """`((outputs, final carry), residuals)` from the cell's forward kernel."""
+  last = functools.partial(jax.lax.index_in_dim, index=x.shape[axis] - 1, axis=axis,
                            keepdims=False)
-  return (hs, (last(hs), last(cs))), (hs, cs, act)
+  # The kernels multiply each step's x by W_ih themselves (no projection of all steps first).
+  if cell == "lstm":
+    b_x, _ = _split_biases("lstm", b_ih, b_hh)
+    if b_x is None:
+      b_x = jnp.zeros(w_hh.shape[-1:], x.dtype)
+    hs, cs, act = cpu_kernels.lstm_forward(axis, save, x, w_ih, b_x, w_hh, *carry)
+    return (hs, (last(hs), last(cs))), (hs, cs, act)
+  bias = _gru_kernel_bias(b_ih, b_hh, w_hh.shape[0], x.dtype)
+  hs, act = cpu_kernels.gru_forward(axis, save, x, w_ih, bias, w_hh, carry)
+  return (hs, last(hs)), (hs, act)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused_lstm(axis: int, x, w_ih, b_ih, w_hh, b_hh, carry):
-  """`recurrent_layer` for an LSTM without a mask, through the fused CPU kernel."""
-  out, _ = _fused_lstm_forward(axis, False, x, w_ih, b_ih, w_hh, b_hh, carry)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fused(cell: CellKind, axis: int, x, w_ih, b_ih, w_hh, b_hh, carry):
+  """`recurrent_layer` for an LSTM or GRU without a mask, through the fused CPU kernels."""
+  out, _ = _fused_forward(cell, axis, False, x, w_ih, b_ih, w_hh, b_hh, carry)
   return out
 
 
-def _fused_lstm_fwd(axis: int, x, w_ih, b_ih, w_hh, b_hh, carry):
-  out, (hs, cs, act) = _fused_lstm_forward(axis, True, x, w_ih, b_ih, w_hh, b_hh, carry)
-  return out, (x, w_ih, b_ih, w_hh, b_hh, carry, hs, cs, act)
+def _fused_fwd(cell: CellKind, axis: int, x, w_ih, b_ih, w_hh, b_hh, carry):
+  out, saved = _fused_forward(cell, axis, True, x, w_ih, b_ih, w_hh, b_hh, carry)
+  return out, (x, w_ih, b_ih, w_hh, b_hh, carry, saved)
 
 
-def _fused_lstm_bwd(axis: int, residuals, cotangents):
-  """The kernel's reverse loop gives the gates' pre-activation gradients `dz` and
+def _fused_bwd(cell: CellKind, axis: int, residuals, cotangents):
+  """The kernel's reverse loop gives the gates' pre-activation gradients and
   `x`'s gradient; the weight gradients are then one matmul each over all steps,
   as in `_recurrence_bwd`."""
-  x, w_ih, b_ih, w_hh, b_hh, (h0, c0), hs, cs, act = residuals
-  d_hs, (d_hT, d_cT) = cotangents
-  dz, d_h0, d_c0, d_b_rows, d_x = cpu_kernels.backward(axis, act, cs, c0, w_ih, w_hh, d_hs,
-                                                       d_hT, d_cT)
-  d_b = d_b_rows.sum(axis=0)
-  if d_x is None:  # not from the kernel
-    d_x, d_w_ih = _input_grads(x, w_ih, dz)
+  x, w_ih, b_ih, w_hh, b_hh, carry, saved = residuals
+  d_hs, d_final = cotangents
+  hidden = w_hh.shape[0]
+  if cell == "lstm":
+    (h0, c0), (hs, cs, act) = carry, saved
+    dxw, d_h0, d_c0, d_b_rows, d_x = cpu_kernels.lstm_backward(axis, act, cs, c0, w_ih, w_hh,
+                                                               d_hs, *d_final)
+    dhw, d_carry = dxw, (d_h0, d_c0)
+    d_b_ih = d_b_hh = d_b_rows.sum(axis=0)
   else:
-    d_w_ih = _weight_grad(x, dz)
-  d_w_hh = _weight_grad(_previous_states(h0, hs, axis), dz)
-  return (d_x, d_w_ih, None if b_ih is None else d_b, d_w_hh, None if b_hh is None else d_b,
-          (d_h0, d_c0))
+    h0, (hs, act) = carry, saved
+    dxw, dhw, d_carry, d_b_rows, d_x = cpu_kernels.gru_backward(axis, act, hs, h0, w_ih, w_hh,
+                                                                d_hs, d_final)
+    sums = d_b_rows.sum(axis=0)  # [dr, dz, dn, dn r]
+    d_b_ih = sums[:3 * hidden]
+    d_b_hh = jnp.concatenate([sums[:2 * hidden], sums[3 * hidden:]])
+  if d_x is None:  # not from the kernel
+    d_x, d_w_ih = _input_grads(x, w_ih, dxw)
+  else:
+    d_w_ih = _weight_grad(x, dxw)
+  d_w_hh = _weight_grad(_previous_states(h0, hs, axis), dhw)
+  return (d_x, d_w_ih, None if b_ih is None else d_b_ih, d_w_hh,
+          None if b_hh is None else d_b_hh, d_carry)
 
 
-_fused_lstm.defvjp(_fused_lstm_fwd, _fused_lstm_bwd)
+_fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 class _LayerWeights(nn.Module):
@@ -490,8 +513,8 @@ class Recurrent(nn.Module):
       PyTorch's `dropout`); active only when `deterministic=False`.
     kernel_init / bias_init: None means PyTorch's U(-1/sqrt(H), 1/sqrt(H)).
     unroll: `lax.scan` unroll factor.
-    fused_cpu_kernel: run LSTM layers without `lengths` through the fused CPU
-      kernel where it applies (see `recurrent_layer`); speed only.
+    fused_cpu_kernel: run LSTM and GRU layers without `lengths` through the
+      fused CPU kernels where they apply (see `recurrent_layer`); speed only.
   """
 
   cell: CellKind

@@ -1,4 +1,4 @@
-// The LSTM recurrence on x86-64 CPUs with AVX-512, float32, as XLA FFI calls.
+// The LSTM and GRU recurrences on x86-64 CPUs with AVX-512, float32, as XLA FFI calls.
 //
 // What XLA's CPU runtime runs as a dozen small ops per time step (the
 // recurrent matmul, slices, gate fusions, in-place writes) runs here as one
@@ -9,8 +9,10 @@
 // gradient dz_t W_ih^T beside dh := dz_t W_hh^T. The weight gradients stay
 // large XLA matmuls over all steps (mmzoo/nn/cpu_kernels.py).
 //
-// Gate math is PyTorch's: [i, f, g, o] = x W_ih + b + h W_hh (b the sum of
-// both biases), c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c').
+// Gate math is PyTorch's. LSTM: [i, f, g, o] = x W_ih + b + h W_hh (b the sum
+// of both biases), c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c').
+// GRU: r = sigmoid(x W_ir + h W_hr + b_r), z = sigmoid(x W_iz + h W_hz + b_z),
+// n = tanh(x W_in + b_in + r (h W_hn + b_hn)), h' = (1 - z) n + z h.
 //
 // mmzoo_lstm_forward(x [.., I], w_ih [I, 4H], b [4H], w_hh [H, 4H], h0 [B, H], c0 [B, H])
 //     -> hs [.., H], cs [.., H], act [.., 4H or 0]
@@ -23,6 +25,15 @@
 //   caller gets dW_ih and dW_hh as matmuls; d_b_rows: dz summed over time,
 //   per row (the bias gradient is its sum over rows); dx: x's gradient, or
 //   nothing with an empty w_ih ([0, 4H]; then dx is [.., 0]). I % 64 == 0.
+// mmzoo_gru_forward(x [.., I], w_ih [I, 3H], b [4H], w_hh [H, 3H], h0 [B, H])
+//     -> hs [.., H], act [.., 4H or 0]
+//   b: [b_ir + b_hr, b_iz + b_hz, b_in, b_hn]; act: [r, z, n, h W_hn + b_hn]
+//   of every step; an empty w_ih as for the LSTM.
+// mmzoo_gru_backward(act, hs, h0, w_ih, w_hh, d_hs [.., H], d_hT [B, H])
+//     -> dxw [.., 3H], dhw [.., 3H], d_h0 [B, H], d_b_rows [B, 4H], dx [.., I]
+//   dxw, dhw: the gradients of every step's x W_ih and h W_hh (with their
+//   biases), [dr, dz, dn] and [dr, dz, dn r] at the pre-activations; d_b_rows:
+//   [dr, dz, dn, dn r] summed over time, per row; dx as the LSTM's.
 // "..": [T, B] with batch_major = 0, [B, T] with batch_major = 1.
 // Requires H % 64 == 0 (checked by the caller and here).
 //
@@ -42,9 +53,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -80,41 +91,50 @@ inline __m512 Tanh(__m512 x) {  // 2 sigmoid(2x) - 1
   return _mm512_fmsub_ps(_mm512_set1_ps(2.0f), Sigmoid(_mm512_add_ps(x, x)), _mm512_set1_ps(1.0f));
 }
 
-// acc[r][q] += sum_k a[r * lda + k] * panel[k * 64 + 16 q ..], for MR rows and
-// 64 columns, the columns packed contiguously per k.
-template <int MR>
+// The accumulators that a panel's 16-column groups feed, in order: Cols<0, 1,
+// 3> adds a panel's three groups into acc[r][0], acc[r][1] and acc[r][3].
+template <int... Q>
+struct Cols {
+  static constexpr int kWidth = sizeof...(Q);  // 16-column groups per panel row
+  static constexpr int kAcc[] = {Q...};
+};
+using AllFour = Cols<0, 1, 2, 3>;
+
+// acc[r][C::kAcc[q]] += sum_k a[r * lda + k] * panel[k * 16 W + 16 q ..], for
+// MR rows and the W = C::kWidth column groups of a panel packed contiguously per k.
+template <int MR, class C>
 __attribute__((always_inline)) inline void Accumulate(__m512 (&acc)[MR][4],
                                                       const float* __restrict a, int64_t lda,
                                                       const float* __restrict panel,
                                                       int64_t depth) {
+  constexpr int W = C::kWidth;
   for (int64_t k = 0; k < depth; ++k) {
-    const float* p = panel + k * 64;
-    const __m512 b0 = _mm512_loadu_ps(p), b1 = _mm512_loadu_ps(p + 16),
-                 b2 = _mm512_loadu_ps(p + 32), b3 = _mm512_loadu_ps(p + 48);
+    const float* p = panel + k * 16 * W;
+    __m512 b[W];
+    for (int q = 0; q < W; ++q) b[q] = _mm512_loadu_ps(p + 16 * q);
     for (int r = 0; r < MR; ++r) {
       const __m512 av = _mm512_set1_ps(a[r * lda + k]);
-      acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
-      acc[r][2] = _mm512_fmadd_ps(av, b2, acc[r][2]);
-      acc[r][3] = _mm512_fmadd_ps(av, b3, acc[r][3]);
+      for (int q = 0; q < W; ++q)
+        acc[r][C::kAcc[q]] = _mm512_fmadd_ps(av, b[q], acc[r][C::kAcc[q]]);
     }
   }
 }
 
 // One register tile: MR rows of [a1 | a2] (widths depth1 and depth2) times a
-// panel of depth1 + depth2 rows and 64 columns. A function of its own with
-// local accumulators: inlined into the gate math, whose constants then hold
+// panel of depth1 rows of C1's column groups, then depth2 rows of C2's, into
+// four 16-column accumulators per row. A function of its own with local
+// accumulators: inlined into the gate math, whose constants then hold
 // registers, its accumulators can spill to the stack inside the loop, as small
 // edits around it made them do (the forward 1.2-2x slower).
-template <int MR>
+template <int MR, class C1 = AllFour, class C2 = AllFour>
 __attribute__((noinline)) void Tile(const float* __restrict a1, int64_t lda1, int64_t depth1,
                                     const float* __restrict a2, int64_t lda2, int64_t depth2,
                                     const float* __restrict panel, __m512 (&out)[MR][4]) {
   __m512 acc[MR][4];
   for (int r = 0; r < MR; ++r)
     for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_setzero_ps();
-  Accumulate<MR>(acc, a1, lda1, panel, depth1);
-  Accumulate<MR>(acc, a2, lda2, panel + depth1 * 64, depth2);
+  Accumulate<MR, C1>(acc, a1, lda1, panel, depth1);
+  Accumulate<MR, C2>(acc, a2, lda2, panel + depth1 * 16 * C1::kWidth, depth2);
   for (int r = 0; r < MR; ++r)
     for (int q = 0; q < 4; ++q) out[r][q] = acc[r][q];
 }
@@ -207,43 +227,61 @@ void RunPhases(ffi::ThreadPool& pool, int64_t max_threads, int64_t phases, int64
   WaitFor(progress->done, total);
 }
 
-// W_hh [H, 4H] as panels for the forward tiles: [H/16][H][64], panel j
-// holding the i, f, g and o columns of hidden units 16j .. 16j + 15, so that
-// one tile of 64 columns has all four gates of 16 units.
-void PackForward(const float* w, int64_t rows, int64_t hidden, int64_t panel_depth,
+// W [rows, G H] (G = gates) as panels for the forward tiles, [H/16][depth][16 G]
+// from row 0 of each panel on: panel j holds the G gates' columns of hidden
+// units 16j .. 16j + 15, so that one tile has all gates of 16 units.
+void PackForward(const float* w, int64_t rows, int64_t hidden, int gates, int64_t panel_depth,
                  float* packed) {
   for (int64_t j = 0; j < hidden / 16; ++j)
     for (int64_t k = 0; k < rows; ++k)
-      for (int gate = 0; gate < 4; ++gate)
-        std::memcpy(packed + (j * panel_depth + k) * 64 + gate * 16,
-                    w + k * 4 * hidden + gate * hidden + j * 16, 16 * sizeof(float));
+      for (int gate = 0; gate < gates; ++gate)
+        std::memcpy(packed + (j * panel_depth + k) * 16 * gates + gate * 16,
+                    w + k * gates * hidden + gate * hidden + j * 16, 16 * sizeof(float));
 }
 
-// W_hh^T [4H, H] as panels for the backward tiles: [H/64][4H][64], panel n
-// holding output units 64n .. 64n + 63.
-void PackBackward(const float* w, int64_t rows, int64_t hidden, float* packed) {
+// W^T [width, rows] for W [rows, width] as panels for the backward tiles:
+// [rows/64][width][64], panel n holding output units 64n .. 64n + 63.
+void PackBackward(const float* w, int64_t rows, int64_t width, float* packed) {
   for (int64_t n = 0; n < rows / 64; ++n)
-    for (int64_t k = 0; k < 4 * hidden; ++k)
+    for (int64_t k = 0; k < width; ++k)
       for (int c = 0; c < 64; ++c)
-        packed[(n * 4 * hidden + k) * 64 + c] = w[(n * 64 + c) * 4 * hidden + k];
+        packed[(n * width + k) * 64 + c] = w[(n * 64 + c) * width + k];
 }
 
-// Per-thread scratch, reused across calls (the packed weights, the backward carries).
-std::vector<float>& Scratch(int which, size_t size) {
-  thread_local std::vector<float> buffers[3];
-  buffers[which].resize(size);
-  return buffers[which];
+// Per-thread scratch, reused across calls (the packed weights, the backward
+// carries), 64-byte aligned: the tiles' panel loads then never straddle two
+// cache lines, which on Intel cores costs them a third of their speed
+// (glibc's malloc aligns to 16 bytes). Null if out of memory.
+float* Scratch(int which, size_t size) {
+  struct Buffer {
+    float* data = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local Buffer buffers[3];
+  Buffer& buffer = buffers[which];
+  if (buffer.size < size) {
+    std::free(buffer.data);
+    buffer.data = static_cast<float*>(std::aligned_alloc(64, (size * sizeof(float) + 63) / 64 * 64));
+    buffer.size = buffer.data ? size : 0;
+  }
+  return buffer.data;
+}
+
+ffi::Error NoScratch() {
+  return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                    "mmzoo_rnn: out of memory for the kernel's scratch space");
 }
 
 // Checks a sequence's shape `seq` ([T, B, width] or [B, T, width]) and hidden size.
 ffi::Error CheckShapes(int64_t batch_major, ffi::Span<const int64_t> seq, int64_t hidden,
                        int64_t width) {
   if (seq.size() != 3 || (batch_major != 0 && batch_major != 1))
-    return ffi::Error::InvalidArgument("mmzoo_lstm: expected [T, B, F] or [B, T, F] inputs");
+    return ffi::Error::InvalidArgument("mmzoo_rnn: expected [T, B, F] or [B, T, F] inputs");
   if (hidden <= 0 || hidden % 64 != 0)
-    return ffi::Error::InvalidArgument("mmzoo_lstm: hidden size must be a multiple of 64");
+    return ffi::Error::InvalidArgument("mmzoo_rnn: hidden size must be a multiple of 64");
   if (seq[2] != width)
-    return ffi::Error::InvalidArgument("mmzoo_lstm: inputs and weights disagree");
+    return ffi::Error::InvalidArgument("mmzoo_rnn: inputs and weights disagree");
   return ffi::Error::Success();
 }
 
@@ -267,16 +305,17 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw, ffi::Buffer<f
   const int64_t steps = dims[batch_major], batch = dims[1 - batch_major];
   if (steps == 0 || batch == 0) return ffi::Error::Success();
   const int64_t depth = in + hidden;
-  std::vector<float>& packed = Scratch(0, 4 * hidden * depth);
-  if (in) PackForward(w_ih.typed_data(), in, hidden, depth, packed.data());
-  PackForward(w_hh.typed_data(), hidden, hidden, depth, packed.data() + in * 64);
+  float* packed = Scratch(0, 4 * hidden * depth);
+  if (!packed) return NoScratch();
+  if (in) PackForward(w_ih.typed_data(), in, hidden, 4, depth, packed);
+  PackForward(w_hh.typed_data(), hidden, hidden, 4, depth, packed + in * 64);
   const Strides sx = StridesOf(batch_major, steps, batch, dims[2]);
   const Strides s4 = StridesOf(batch_major, steps, batch, 4 * hidden);
   const Strides s1 = StridesOf(batch_major, steps, batch, hidden);
   const bool save = act->element_count() > 0;
   const float* x = xw.typed_data();
   const float* b_all = bias.typed_data();
-  const float* wp = packed.data();
+  const float* wp = packed;
   const float *h_init = h0.typed_data(), *c_init = c0.typed_data();
   float *h_out = hs->typed_data(), *c_out = cs->typed_data(), *a_out = act->typed_data();
 
@@ -338,14 +377,15 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> act, ffi::Buffer
   if (in % 64 != 0 || (in && w_ih.dimensions()[1] != 4 * hidden) ||
       dx->element_count() != static_cast<size_t>(steps * batch * in))
     return ffi::Error::InvalidArgument("mmzoo_lstm_backward: w_ih and dx disagree");
-  std::vector<float>& packed = Scratch(1, 4 * hidden * (hidden + in));
-  PackBackward(w_hh.typed_data(), hidden, hidden, packed.data());
-  if (in) PackBackward(w_ih.typed_data(), in, hidden, packed.data() + 4 * hidden * hidden);
+  float* packed = Scratch(1, 4 * hidden * (hidden + in));
+  if (!packed) return NoScratch();
+  PackBackward(w_hh.typed_data(), hidden, 4 * hidden, packed);
+  if (in) PackBackward(w_ih.typed_data(), in, 4 * hidden, packed + 4 * hidden * hidden);
   const Strides sx = StridesOf(batch_major, steps, batch, in);
   float* dx_out = dx->typed_data();
   // The carries dh, dc: [B, H] each.
-  std::vector<float>& carries = Scratch(2, 2 * batch * hidden);
-  float* dh = carries.data();
+  float* dh = Scratch(2, 2 * batch * hidden);
+  if (!dh) return NoScratch();
   float* dc = dh + batch * hidden;
   std::memcpy(dh, d_hT.typed_data(), batch * hidden * sizeof(float));
   std::memcpy(dc, d_cT.typed_data(), batch * hidden * sizeof(float));
@@ -353,7 +393,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> act, ffi::Buffer
   const Strides s1 = StridesOf(batch_major, steps, batch, hidden);
   const float *a_in = act.typed_data(), *c_in = cs.typed_data(), *c_init = c0.typed_data();
   const float* dy = d_hs.typed_data();
-  const float* wp = packed.data();
+  const float* wp = packed;
   float* dz_out = dz->typed_data();
 
   // Phase 2q handles step t = T-1-q's gates (dz_t, dc := dc_t f, and
@@ -424,6 +464,182 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> act, ffi::Buffer
   return ffi::Error::Success();
 }
 
+// --- GRU ---------------------------------------------------------------------------------
+
+// Columns of W_ih [I, 3H] and W_hh [H, 3H]: [r, z, n]. A forward tile keeps
+// four accumulators per row, [r, z, n_x, n_h]: x's panel rows feed r, z and
+// n_x, h's feed r, z and n_h, since n = tanh(n_x + b_in + r (n_h + b_hn)).
+using GruX = Cols<0, 1, 2>;
+using GruH = Cols<0, 1, 3>;
+
+ffi::Error GruForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> w_ih,
+                      ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_hh,
+                      ffi::Buffer<ffi::F32> h0, ffi::ResultBuffer<ffi::F32> hs,
+                      ffi::ResultBuffer<ffi::F32> act, int64_t batch_major, int64_t max_threads) {
+  const auto dims = xw.dimensions();
+  const int64_t hidden = w_hh.dimensions()[0];
+  const int64_t in = w_ih.element_count() ? w_ih.dimensions()[0] : 0;
+  if (ffi::Error error = CheckShapes(batch_major, dims, hidden, in ? in : 3 * hidden);
+      error.failure())
+    return error;
+  if (w_hh.dimensions()[1] != 3 * hidden || (in && w_ih.dimensions()[1] != 3 * hidden))
+    return ffi::Error::InvalidArgument("mmzoo_gru_forward: inputs and weights disagree");
+  if (bias.element_count() != static_cast<size_t>(4 * hidden))
+    return ffi::Error::InvalidArgument("mmzoo_gru_forward: the bias must have 4H entries");
+  const int64_t steps = dims[batch_major], batch = dims[1 - batch_major];
+  if (steps == 0 || batch == 0) return ffi::Error::Success();
+  const int64_t depth = in + hidden;
+  float* packed = Scratch(0, 3 * hidden * depth);
+  if (!packed) return NoScratch();
+  if (in) PackForward(w_ih.typed_data(), in, hidden, 3, depth, packed);
+  PackForward(w_hh.typed_data(), hidden, hidden, 3, depth, packed + in * 48);
+  const Strides sx = StridesOf(batch_major, steps, batch, dims[2]);
+  const Strides s4 = StridesOf(batch_major, steps, batch, 4 * hidden);
+  const Strides s1 = StridesOf(batch_major, steps, batch, hidden);
+  const bool save = act->element_count() > 0;
+  const float* x = xw.typed_data();
+  const float* b_all = bias.typed_data();
+  const float* wp = packed;
+  const float* h_init = h0.typed_data();
+  float *h_out = hs->typed_data(), *a_out = act->typed_data();
+
+  // Unit u of step t: hidden units 16u .. 16u + 15 of every row.
+  auto unit = [=](int64_t t, int64_t u) {
+    const float* h_prev = t ? h_out + (t - 1) * s1.step : h_init;
+    const int64_t prev_row = t ? s1.row : hidden;
+    const float* panel = wp + u * depth * 48;
+    const int64_t j = u * 16;
+    const float* x_t = x + t * sx.step;
+    ForRowTiles(batch, [&]<int MR>(int64_t r0) {
+      __m512 acc[MR][4];
+      Tile<MR, GruX, GruH>(x_t + r0 * sx.row, sx.row, in, h_prev + r0 * prev_row, prev_row,
+                           hidden, panel, acc);
+      for (int r = 0; r < MR; ++r) {
+        const int64_t b = r0 + r;
+        const float* xr = x_t + b * sx.row + j;
+        const auto pre = [&](int q) {  // q: r, z, n_x, n_h
+          const __m512 v = _mm512_add_ps(acc[r][q], _mm512_loadu_ps(b_all + j + q * hidden));
+          return in || q == 3 ? v : _mm512_add_ps(v, _mm512_loadu_ps(xr + q * hidden));
+        };
+        const __m512 rg = Sigmoid(pre(0)), zg = Sigmoid(pre(1)), hn = pre(3);
+        const __m512 n = Tanh(_mm512_fmadd_ps(rg, hn, pre(2)));
+        const __m512 hp = _mm512_loadu_ps(h_prev + b * prev_row + j);
+        // h' = (1 - z) n + z h = n + z (h - n)
+        _mm512_storeu_ps(h_out + t * s1.step + b * s1.row + j,
+                         _mm512_fmadd_ps(zg, _mm512_sub_ps(hp, n), n));
+        if (save) {
+          float* ar = a_out + t * s4.step + b * s4.row + j;
+          _mm512_storeu_ps(ar, rg);
+          _mm512_storeu_ps(ar + hidden, zg);
+          _mm512_storeu_ps(ar + 2 * hidden, n);
+          _mm512_storeu_ps(ar + 3 * hidden, hn);
+        }
+      }
+    });
+  };
+  RunPhases(pool, max_threads, steps, hidden / 16, unit);
+  return ffi::Error::Success();
+}
+
+ffi::Error GruBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> act, ffi::Buffer<ffi::F32> hs,
+                       ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> w_ih,
+                       ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> d_hs,
+                       ffi::Buffer<ffi::F32> d_hT, ffi::ResultBuffer<ffi::F32> dxw,
+                       ffi::ResultBuffer<ffi::F32> dhw, ffi::ResultBuffer<ffi::F32> d_h0,
+                       ffi::ResultBuffer<ffi::F32> d_b_rows, ffi::ResultBuffer<ffi::F32> dx,
+                       int64_t batch_major, int64_t max_threads) {
+  const auto dims = act.dimensions();
+  const int64_t hidden = w_hh.dimensions()[0];
+  if (ffi::Error error = CheckShapes(batch_major, dims, hidden, 4 * hidden); error.failure())
+    return error;
+  const int64_t steps = dims[batch_major], batch = dims[1 - batch_major];
+  if (batch == 0) return ffi::Error::Success();
+  const int64_t in = w_ih.element_count() ? w_ih.dimensions()[0] : 0;
+  if (in % 64 != 0 || (in && w_ih.dimensions()[1] != 3 * hidden) ||
+      dx->element_count() != static_cast<size_t>(steps * batch * in))
+    return ffi::Error::InvalidArgument("mmzoo_gru_backward: w_ih and dx disagree");
+  float* packed = Scratch(1, 3 * hidden * (hidden + in));
+  if (!packed) return NoScratch();
+  PackBackward(w_hh.typed_data(), hidden, 3 * hidden, packed);
+  if (in) PackBackward(w_ih.typed_data(), in, 3 * hidden, packed + 3 * hidden * hidden);
+  float* dh = Scratch(2, batch * hidden);  // [B, H]
+  if (!dh) return NoScratch();
+  std::memcpy(dh, d_hT.typed_data(), batch * hidden * sizeof(float));
+  const Strides sx = StridesOf(batch_major, steps, batch, in);
+  const Strides s4 = StridesOf(batch_major, steps, batch, 4 * hidden);
+  const Strides s3 = StridesOf(batch_major, steps, batch, 3 * hidden);
+  const Strides s1 = StridesOf(batch_major, steps, batch, hidden);
+  const float *a_in = act.typed_data(), *h_in = hs.typed_data(), *h_init = h0.typed_data();
+  const float* dy = d_hs.typed_data();
+  const float* wp = packed;
+  float *dxw_out = dxw->typed_data(), *dhw_out = dhw->typed_data(), *dx_out = dx->typed_data();
+  float* db = d_b_rows->typed_data();
+  std::memset(db, 0, batch * 4 * hidden * sizeof(float));
+
+  // As the LSTM's: phase 2q, step t = T-1-q's gate gradients, unit u a share
+  // of the rows; the direct path dh z goes to dh. Phase 2q+1: dh += dhw_t
+  // W_hh^T and dx_t := dxw_t W_ih^T, unit u 64 output columns.
+  const int64_t units = (hidden + in) / 64;
+  const int64_t rows_per_unit = (batch + units - 1) / units;
+  auto unit = [=](int64_t phase, int64_t u) {
+    const int64_t t = steps - 1 - phase / 2;
+    if (phase % 2 == 1) {
+      const int64_t block = u;  // of 64 output columns
+      const float* panel = wp + block * 3 * hidden * 64;
+      const bool is_dx = block >= hidden / 64;
+      const float* a = (is_dx ? dxw_out : dhw_out) + t * s3.step;
+      float* out = is_dx ? dx_out + t * sx.step + (block - hidden / 64) * 64 : dh + block * 64;
+      const int64_t out_row = is_dx ? sx.row : hidden;
+      ForRowTiles(batch, [&]<int MR>(int64_t r0) {
+        __m512 acc[MR][4];
+        Tile<MR>(nullptr, 0, 0, a + r0 * s3.row, s3.row, 3 * hidden, panel, acc);
+        for (int k = 0; k < MR; ++k)
+          for (int q = 0; q < 4; ++q) {
+            float* o = out + (r0 + k) * out_row + q * 16;
+            _mm512_storeu_ps(o, is_dx ? acc[k][q] : _mm512_add_ps(acc[k][q], _mm512_loadu_ps(o)));
+          }
+      });
+      return;
+    }
+    const int64_t b_begin = std::min(batch, u * rows_per_unit);
+    const int64_t b_end = std::min(batch, b_begin + rows_per_unit);
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const float* h_prev = t ? h_in + (t - 1) * s1.step : h_init;
+    const int64_t prev_row = t ? s1.row : hidden;
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      for (int64_t j = 0; j < hidden; j += 16) {
+        const float* a = a_in + t * s4.step + b * s4.row + j;
+        const __m512 r = _mm512_loadu_ps(a), z = _mm512_loadu_ps(a + hidden),
+                     n = _mm512_loadu_ps(a + 2 * hidden), hn = _mm512_loadu_ps(a + 3 * hidden);
+        const __m512 hp = _mm512_loadu_ps(h_prev + b * prev_row + j);
+        const __m512 dhv = _mm512_add_ps(_mm512_loadu_ps(dh + b * hidden + j),
+                                         _mm512_loadu_ps(dy + t * s1.step + b * s1.row + j));
+        // d sigmoid = s (1 - s) = s - s^2;  d tanh = 1 - t^2.
+        const __m512 dn = _mm512_mul_ps(_mm512_mul_ps(dhv, _mm512_sub_ps(one, z)),
+                                        _mm512_fnmadd_ps(n, n, one));
+        const __m512 d[4] = {
+            _mm512_mul_ps(_mm512_mul_ps(dn, hn), _mm512_fnmadd_ps(r, r, r)),
+            _mm512_mul_ps(_mm512_mul_ps(dhv, _mm512_sub_ps(hp, n)), _mm512_fnmadd_ps(z, z, z)),
+            dn, _mm512_mul_ps(dn, r)};
+        float* xo = dxw_out + t * s3.step + b * s3.row + j;
+        float* ho = dhw_out + t * s3.step + b * s3.row + j;
+        for (int q = 0; q < 3; ++q) {
+          _mm512_storeu_ps(xo + q * hidden, d[q]);
+          _mm512_storeu_ps(ho + q * hidden, d[q == 2 ? 3 : q]);
+        }
+        for (int q = 0; q < 4; ++q) {
+          float* sum = db + b * 4 * hidden + j + q * hidden;
+          _mm512_storeu_ps(sum, _mm512_add_ps(_mm512_loadu_ps(sum), d[q]));
+        }
+        _mm512_storeu_ps(dh + b * hidden + j, _mm512_mul_ps(dhv, z));
+      }
+    }
+  };
+  RunPhases(pool, max_threads, 2 * steps, units, unit);
+  std::memcpy(d_h0->typed_data(), dh, batch * hidden * sizeof(float));
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MmzooLstmForward, Forward,
@@ -455,6 +671,37 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MmzooLstmBackward, Backward,
                                   .Ret<ffi::Buffer<ffi::F32>>()   // dz
                                   .Ret<ffi::Buffer<ffi::F32>>()   // d_h0
                                   .Ret<ffi::Buffer<ffi::F32>>()   // d_c0
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // d_b_rows
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dx, or empty
+                                  .Attr<int64_t>("batch_major")
+                                  .Attr<int64_t>("max_threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MmzooGruForward, GruForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // xw, or x
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // w_ih, or empty
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // bias [4H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // w_hh
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // h0
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // hs
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // act
+                                  .Attr<int64_t>("batch_major")
+                                  .Attr<int64_t>("max_threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MmzooGruBackward, GruBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // act
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // hs
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // h0
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // w_ih, or empty
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // w_hh
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // d_hs
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // d_hT
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dxw
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dhw
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // d_h0
                                   .Ret<ffi::Buffer<ffi::F32>>()   // d_b_rows
                                   .Ret<ffi::Buffer<ffi::F32>>()   // dx, or empty
                                   .Attr<int64_t>("batch_major")
