@@ -20,7 +20,7 @@ mmzoo's LSTM and GRU run through its fused CPU kernels where they apply
 (mmzoo/nn/cpu_kernels.py: AVX-512, a C++ compiler; on every CPU device); then its
 XLA loop (`fused_cpu_kernel=False`) is timed too, in the same alternation, as
 an extra row (`--noxla_loop` leaves it out). `MMZOO_CPU_KERNELS=0` turns the
-kernel off.
+kernels off.
 
   python benchmarks/rnn_layer.py                # < 1 minute on 2 cores
   python benchmarks/rnn_layer.py --reps=50 --cells=lstm
