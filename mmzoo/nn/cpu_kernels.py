@@ -199,6 +199,7 @@ def _forward_call(cell: str, axis: int, save: bool, x, w_ih, bias, w_hh, *states
   hs = _seq(axis, batch, steps, hidden)
   act = _seq(axis, batch, steps, 4 * hidden if save else 0)
   out = (hs, hs, act) if cell == "lstm" else (hs, act)
+  # (Aliasing `act` to the input would save memory, but XLA then copies the input first.)
   return jax.ffi.ffi_call(_TARGETS[cell][0], out, vmap_method="sequential")(
       x, w_ih, bias, w_hh, *states, batch_major=np.int64(axis),
       max_threads=_threads_per_device())
