@@ -20,7 +20,9 @@ starts the next chunk of each stream), global-norm gradient clipping and Adam.
 Compilation and warm-up steps are not timed. Each timed window of `--steps`
 steps ends with `block_until_ready`; the frameworks' windows alternate (mmzoo,
 torch, mmzoo, ...) so that a slow spell of a shared machine hits both, and the
-median window of each is reported. Batches come from the config's corpus (the
+median window of each is reported. Each window follows one untimed step of its
+own framework, so that no timed step starts while the other framework's worker
+threads may still be spinning (as in `machine.alternating`). Batches come from the config's corpus (the
 built-in one by default) and are made before timing, so the data pipeline is
 not measured.
 
@@ -407,6 +409,7 @@ def main(argv) -> None:
     runners[name] = runner
   for _ in range(WINDOWS.value):
     for runner in runners.values():
+      runner.run(1)  # untimed: lets the other framework's threads go idle first
       runner.per_step.append(time_window(runner.run, STEPS.value, runner.others))
   for name, r in runners.items():
     r.check()
