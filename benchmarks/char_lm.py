@@ -22,9 +22,9 @@ steps ends with `block_until_ready`; the frameworks' windows alternate (mmzoo,
 torch, mmzoo, ...) so that a slow spell of a shared machine hits both, and the
 median window of each is reported. Each window follows one untimed step of its
 own framework, so that no timed step starts while the other framework's worker
-threads may still be spinning (as in `machine.alternating`). Batches come from the config's corpus (the
-built-in one by default) and are made before timing, so the data pipeline is
-not measured.
+threads may still be spinning (as in `machine.alternating`). Batches come from
+the config's corpus (the built-in one by default) and are made before timing,
+so the data pipeline is not measured.
 
   python benchmarks/char_lm.py                       # the default config's sizes, < 4 minutes
   python benchmarks/char_lm.py --hidden_size=128 --windows=3 --steps=3   # quick
