@@ -302,6 +302,35 @@ ffi::Error NoScratch() {
                     "mmzoo_rnn: out of memory for the kernel's scratch space");
 }
 
+// The backward's matmul phase for one unit, 64 output columns `block` of
+// [dh | dx_t]: blocks below H/64 are dh := dzh_t W_hh^T (+ what dh holds with
+// `add_to_dh`), the rest dx_t := dzx_t W_ih^T. `packed` holds PackBackward's
+// panels of W_hh^T, then W_ih^T, each `width` deep; dzh_t and dzx_t are rows of
+// that width (stride dz_row). The next panel this thread will likely take is
+// prefetched meanwhile (PrefetchSlice).
+inline void BackwardProducts(const float* packed, int64_t width, int64_t block, int64_t units,
+                             int64_t workers, int64_t hidden, int64_t batch, const float* dzh_t,
+                             const float* dzx_t, int64_t dz_row, float* dh, float* dx_t,
+                             int64_t dx_row, bool add_to_dh) {
+  const float* panel = packed + block * width * 64;
+  const float* next = packed + (block + workers) % units * width * 64;
+  const bool is_dx = block >= hidden / 64;
+  const float* a = is_dx ? dzx_t : dzh_t;
+  float* out = is_dx ? dx_t + (block - hidden / 64) * 64 : dh + block * 64;
+  const int64_t out_row = is_dx ? dx_row : hidden;
+  const bool add = add_to_dh && !is_dx;
+  ForRowTiles(batch, [&]<int MR>(int64_t r0) {
+    __m512 acc[MR][4];
+    Tile<MR>(nullptr, 0, 0, a + r0 * dz_row, dz_row, width, panel,
+             PrefetchSlice(next, width * 64, batch, r0), acc);
+    for (int k = 0; k < MR; ++k)
+      for (int q = 0; q < 4; ++q) {
+        float* o = out + (r0 + k) * out_row + q * 16;
+        _mm512_storeu_ps(o, add ? _mm512_add_ps(acc[k][q], _mm512_loadu_ps(o)) : acc[k][q]);
+      }
+  });
+}
+
 // Checks a sequence's shape `seq` ([T, B, width] or [B, T, width]) and hidden size.
 ffi::Error CheckShapes(int64_t batch_major, ffi::Span<const int64_t> seq, int64_t hidden,
                        int64_t width) {
@@ -443,21 +472,8 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> act, ffi::Buffer
     const int64_t t = steps - 1 - phase / 2;
     float* dz_t = dz_out + t * s4.step;
     if (phase % 2 == 1) {
-      const int64_t block = u;  // of 64 output columns
-      const float* panel = wp + block * 4 * hidden * 64;
-      const float* next = wp + (block + workers) % units * 4 * hidden * 64;
-      // Blocks past H / 64 are x's gradient: dx_t := dz_t W_ih^T.
-      const bool is_dx = block >= hidden / 64;
-      float* out = is_dx ? dx_out + t * sx.step + (block - hidden / 64) * 64 : dh + block * 64;
-      const int64_t out_row = is_dx ? sx.row : hidden;
-      ForRowTiles(batch, [&]<int MR>(int64_t r0) {
-        __m512 acc[MR][4];
-        Tile<MR>(nullptr, 0, 0, dz_t + r0 * s4.row, s4.row, 4 * hidden, panel,
-                 PrefetchSlice(next, 4 * hidden * 64, batch, r0), acc);
-        for (int k = 0; k < MR; ++k)
-          for (int q = 0; q < 4; ++q)
-            _mm512_storeu_ps(out + (r0 + k) * out_row + q * 16, acc[k][q]);
-      });
+      BackwardProducts(wp, 4 * hidden, u, units, workers, hidden, batch, dz_t, dz_t, s4.row, dh,
+                       dx_out + t * sx.step, sx.row, /*add_to_dh=*/false);
       return;
     }
     const int64_t b_begin = std::min(batch, u * rows_per_unit);
@@ -619,23 +635,9 @@ ffi::Error GruBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> act, ffi::Buf
   auto unit = [=](int64_t phase, int64_t u) {
     const int64_t t = steps - 1 - phase / 2;
     if (phase % 2 == 1) {
-      const int64_t block = u;  // of 64 output columns
-      const float* panel = wp + block * 3 * hidden * 64;
-      const float* next = wp + (block + workers) % units * 3 * hidden * 64;
-      const bool is_dx = block >= hidden / 64;
-      const float* a = (is_dx ? dxw_out : dhw_out) + t * s3.step;
-      float* out = is_dx ? dx_out + t * sx.step + (block - hidden / 64) * 64 : dh + block * 64;
-      const int64_t out_row = is_dx ? sx.row : hidden;
-      ForRowTiles(batch, [&]<int MR>(int64_t r0) {
-        __m512 acc[MR][4];
-        Tile<MR>(nullptr, 0, 0, a + r0 * s3.row, s3.row, 3 * hidden, panel,
-                 PrefetchSlice(next, 3 * hidden * 64, batch, r0), acc);
-        for (int k = 0; k < MR; ++k)
-          for (int q = 0; q < 4; ++q) {
-            float* o = out + (r0 + k) * out_row + q * 16;
-            _mm512_storeu_ps(o, is_dx ? acc[k][q] : _mm512_add_ps(acc[k][q], _mm512_loadu_ps(o)));
-          }
-      });
+      BackwardProducts(wp, 3 * hidden, u, units, workers, hidden, batch, dhw_out + t * s3.step,
+                       dxw_out + t * s3.step, s3.row, dh, dx_out + t * sx.step, sx.row,
+                       /*add_to_dh=*/true);
       return;
     }
     const int64_t b_begin = std::min(batch, u * rows_per_unit);
