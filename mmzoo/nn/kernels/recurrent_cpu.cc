@@ -39,9 +39,11 @@
 //
 // Threads: each step splits into units of work (over hidden units; over rows
 // in the backward's elementwise phase) that the calling thread and up to
-// max_threads - 1 tasks on XLA's intra-op pool claim one at a time; a step's
-// units start once the previous step's are all done.
-// A task that starts late, or never, holds nobody up. The caller sets
+// max_threads - 1 tasks on XLA's intra-op pool share; a step's units start
+// once the previous step's are all done. Worker w takes units w, w + workers,
+// ... of every step first, so that each core's share of the weights stays in
+// its L2 from step to step, then claims any left over: a task that starts
+// late, or never, holds nobody up. The caller sets
 // max_threads to the cores per CPU device, so that devices running side by
 // side (one per core) do not crowd each other out; with one thread, the work
 // goes to one pool task while the calling thread sleeps (see RunPhases).
@@ -150,31 +152,42 @@ __attribute__((noinline)) void Tile(const float* __restrict a1, int64_t lda1, in
     for (int q = 0; q < 4; ++q) out[r][q] = acc[r][q];
 }
 
-// The share of a panel of `floats` floats that the row tile at row r0 (of
-// `rows`, in ForRowTiles' tiles of 6) prefetches: the panel's cache lines split
-// evenly over the tiles. Each tile prefetches the panel of the unit its thread
-// will likely take next, so that the panel, which each step streams from L3
-// (the weights outgrow L2), is in L2 when that unit starts (standalone, the
-// tile ran 4-8% faster so).
-Prefetch PrefetchSlice(const float* panel, int64_t floats, int64_t rows, int64_t r0) {
+// The number of row tiles ForRowTiles splits `rows` into.
+inline int64_t RowTiles(int64_t rows) { return (rows + 5) / 6; }
+
+// The share of a panel of `floats` floats that row tile `tile` (of `tiles`)
+// prefetches: the panel's cache lines split evenly over the tiles. Each tile
+// prefetches the panel of the unit its thread takes next, so that the panel,
+// which each step streams from L3 (the weights outgrow L2), is in L2 when that
+// unit starts (standalone, the tile ran 4-8% faster so).
+Prefetch PrefetchSlice(const float* panel, int64_t floats, int64_t tiles, int64_t tile) {
   const int64_t lines = floats * static_cast<int64_t>(sizeof(float)) / 64;
-  const int64_t tiles = (rows + 5) / 6, per = (lines + tiles - 1) / tiles;
-  const int64_t first = std::min(lines, r0 / 6 * per);
+  const int64_t per = (lines + tiles - 1) / tiles;
+  const int64_t first = std::min(lines, tile * per);
   return {reinterpret_cast<const char*>(panel) + first * 64, std::min(per, lines - first)};
 }
 
-// Calls body.template operator()<MR>(row) over `rows` rows in tiles of at most 6.
+// Calls body.template operator()<MR>(row, tile) over `rows` rows in
+// RowTiles(rows) tiles of at most 6 rows, as even as can be (32 rows: 6, 6,
+// 5, 5, 5, 5, not 6, 6, 6, 6, 6, 2, whose last tile would run at half speed:
+// with few rows a tile waits on its panel's loads, which all rows share).
 template <class Body>
 inline void ForRowTiles(int64_t rows, const Body& body) {
-  int64_t r = 0;
-  for (; r + 6 <= rows; r += 6) body.template operator()<6>(r);
-  switch (rows - r) {
-    case 5: body.template operator()<5>(r); break;
-    case 4: body.template operator()<4>(r); break;
-    case 3: body.template operator()<3>(r); break;
-    case 2: body.template operator()<2>(r); break;
-    case 1: body.template operator()<1>(r); break;
-    default: break;
+  const int64_t tiles = RowTiles(rows);
+  if (tiles == 0) return;
+  const int64_t base = rows / tiles, extra = rows % tiles;
+  for (int64_t tile = 0, r = 0; tile < tiles; ++tile) {
+    const int64_t mr = base + (tile < extra);
+    switch (mr) {
+      case 6: body.template operator()<6>(r, tile); break;
+      case 5: body.template operator()<5>(r, tile); break;
+      case 4: body.template operator()<4>(r, tile); break;
+      case 3: body.template operator()<3>(r, tile); break;
+      case 2: body.template operator()<2>(r, tile); break;
+      case 1: body.template operator()<1>(r, tile); break;
+      default: break;
+    }
+    r += mr;
   }
 }
 
@@ -199,9 +212,13 @@ inline void WaitFor(const std::atomic<int64_t>& counter, int64_t target) {
 }
 
 struct Progress {
-  std::atomic<int64_t> next{0};  // the next unit to claim, over all phases
-  std::atomic<int64_t> done{0};  // units finished
-  std::atomic<int> owner{0};     // one thread only: 0 not yet taken, 1 a pool task, 2 the caller
+  explicit Progress(int64_t total) : claimed(new std::atomic<uint8_t>[total]) {
+    for (int64_t i = 0; i < total; ++i) claimed[i].store(0, std::memory_order_relaxed);
+  }
+  std::unique_ptr<std::atomic<uint8_t>[]> claimed;  // per phase and unit: taken yet
+  std::atomic<int64_t> done{0};     // units finished
+  std::atomic<int64_t> workers{0};  // workers started
+  std::atomic<int> owner{0};        // one thread only: 0 not yet taken, 1 a pool task, 2 the caller
 };
 
 // The threads that RunPhases shares `units` between at the most: the caller and its helpers.
@@ -214,19 +231,26 @@ int64_t Workers(ffi::ThreadPool& pool, int64_t max_threads, int64_t units) {
 template <class Fn>
 void RunPhases(ffi::ThreadPool& pool, int64_t max_threads, int64_t phases, int64_t units,
                const Fn& fn) {
-  const int64_t total = phases * units;
-  auto progress = std::make_shared<Progress>();
-  auto work = [progress, total, units, fn]() {
-    for (;;) {
-      const int64_t claim = progress->next.fetch_add(1, std::memory_order_relaxed);
-      if (claim >= total) return;  // a late helper touches nothing else
-      const int64_t phase = claim / units;
+  const int64_t total = phases * units, workers = Workers(pool, max_threads, units);
+  auto progress = std::make_shared<Progress>(total);
+  auto work = [progress, phases, units, workers, fn]() {
+    const int64_t w = progress->workers.fetch_add(1, std::memory_order_relaxed) % workers;
+    // A late helper starts at the phase under way (or finds all done).
+    for (int64_t phase = progress->done.load(std::memory_order_acquire) / units; phase < phases;
+         ++phase) {
       WaitFor(progress->done, phase * units);
-      fn(phase, claim - phase * units);
-      progress->done.fetch_add(1, std::memory_order_release);
+      std::atomic<uint8_t>* claimed = &progress->claimed[phase * units];
+      for (const bool own : {true, false})  // this worker's units first, then any left
+        for (int64_t u = 0; u < units; ++u) {
+          if ((u % workers == w) != own || claimed[u].load(std::memory_order_relaxed) ||
+              claimed[u].exchange(1, std::memory_order_relaxed))
+            continue;
+          fn(phase, u);
+          progress->done.fetch_add(1, std::memory_order_release);
+        }
     }
   };
-  const int64_t helpers = Workers(pool, max_threads, units) - 1;
+  const int64_t helpers = workers - 1;
   if (helpers <= 0 && pool.num_threads() > 0) {
     // One thread does it all: preferably a pool thread, where XLA runs its own
     // loops, while the calling thread sleeps rather than runs beside the pool's
@@ -319,10 +343,10 @@ inline void BackwardProducts(const float* packed, int64_t width, int64_t block, 
   float* out = is_dx ? dx_t + (block - hidden / 64) * 64 : dh + block * 64;
   const int64_t out_row = is_dx ? dx_row : hidden;
   const bool add = add_to_dh && !is_dx;
-  ForRowTiles(batch, [&]<int MR>(int64_t r0) {
+  ForRowTiles(batch, [&]<int MR>(int64_t r0, int64_t tile) {
     __m512 acc[MR][4];
     Tile<MR>(nullptr, 0, 0, a + r0 * dz_row, dz_row, width, panel,
-             PrefetchSlice(next, width * 64, batch, r0), acc);
+             PrefetchSlice(next, width * 64, RowTiles(batch), tile), acc);
     for (int k = 0; k < MR; ++k)
       for (int q = 0; q < 4; ++q) {
         float* o = out + (r0 + k) * out_row + q * 16;
@@ -388,10 +412,10 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw, ffi::Buffer<f
     const int64_t j = u * 16;
     const float* bias_j = b_all + j;  // loaded per row: held in registers, it spills the tile's
     const float* x_t = x + t * sx.step;
-    ForRowTiles(batch, [&]<int MR>(int64_t r0) {
+    ForRowTiles(batch, [&]<int MR>(int64_t r0, int64_t tile) {
       __m512 acc[MR][4];
       Tile<MR>(x_t + r0 * sx.row, sx.row, in, h_prev + r0 * prev_row, prev_row, hidden, panel,
-               PrefetchSlice(next, depth * 64, batch, r0), acc);
+               PrefetchSlice(next, depth * 64, RowTiles(batch), tile), acc);
       for (int r = 0; r < MR; ++r) {
         const int64_t b = r0 + r;
         const float* xr = x_t + b * sx.row + j;
@@ -561,10 +585,10 @@ ffi::Error GruForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw, ffi::Buffe
     const float* next = wp + (u + workers) % units * depth * 48;
     const int64_t j = u * 16;
     const float* x_t = x + t * sx.step;
-    ForRowTiles(batch, [&]<int MR>(int64_t r0) {
+    ForRowTiles(batch, [&]<int MR>(int64_t r0, int64_t tile) {
       __m512 acc[MR][4];
       Tile<MR, GruX, GruH>(x_t + r0 * sx.row, sx.row, in, h_prev + r0 * prev_row, prev_row,
-                           hidden, panel, PrefetchSlice(next, depth * 48, batch, r0), acc);
+                           hidden, panel, PrefetchSlice(next, depth * 48, RowTiles(batch), tile), acc);
       for (int r = 0; r < MR; ++r) {
         const int64_t b = r0 + r;
         const float* xr = x_t + b * sx.row + j;
