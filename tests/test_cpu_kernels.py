@@ -256,7 +256,8 @@ def test_nan_propagates(kernel, cell):
 
 
 def test_when_the_kernels_apply(monkeypatch):
-  """Only fitting LSTM and GRU layers take a kernel, and none with MMZOO_CPU_KERNELS=0."""
+  """Only fitting LSTM and GRU layers take a kernel (and fitting weight gradients the GEMM),
+  and none with MMZOO_CPU_KERNELS=0."""
   x, w = jnp.zeros((2, 3, 4)), jnp.zeros((64, 256))
   h = jnp.zeros((2, 64))
   carry = (h, h)
@@ -273,6 +274,49 @@ def test_when_the_kernels_apply(monkeypatch):
   assert not cpu_kernels.applies("lstm", x, jnp.zeros((48, 192)), carry, None)  # 48 % 64 != 0
   assert not cpu_kernels.applies("lstm", x.astype(jnp.bfloat16), w, carry, None)
   assert not cpu_kernels.applies("gru", x, w[:, :192], h.astype(jnp.bfloat16), None)
+  d = jnp.zeros((2, 3, 192))
+  assert cpu_kernels.matmul_applies(x, d)
+  assert not cpu_kernels.matmul_applies(x, d[..., :96])  # 96 % 64 != 0
+  assert not cpu_kernels.matmul_applies(x[:, :2], d)  # other rows
+  assert not cpu_kernels.matmul_applies(x.astype(jnp.bfloat16), d)
+  monkeypatch.setenv(cpu_kernels.POLICY_ENV, "0")
+  assert not cpu_kernels.matmul_applies(x, d)
+
+
+@pytest.mark.parametrize("axis,shape,n", [
+    (1, (3, 5, 7), 64),  # one block, row tiles of 4 and 3
+    (0, (1500, 3, 70), 192),  # 4500 rows: two chunks of 4096, partial blocks; tiles of 6 and 5
+    (1, (4, 9, 1), 128),  # one column of a
+    (0, (0, 3, 6), 64),  # no rows: zeros
+])
+def test_matmul_tn_matches_numpy(kernel, axis, shape, n):
+  """The weight-gradient GEMM, a^T b over all rows, against float64 numpy."""
+  rng = np.random.default_rng(5)
+  a = rng.normal(size=shape).astype(np.float32)
+  b = rng.normal(size=(*shape[:2], n)).astype(np.float32)
+  assert cpu_kernels.matmul_applies(jnp.asarray(a), jnp.asarray(b))
+  ours = jax.jit(cpu_kernels.matmul_tn, static_argnums=0)(axis, a, b)
+  _close(ours, np.einsum("tbi,tbj->ij", a.astype(np.float64), b))
+
+
+def test_matmul_tn_sharded_and_vmapped(kernel):
+  """With the batch sharded over 8 devices, the parts are summed (an all-reduce, no
+  all-gather); under vmap, each mapped element gets its own product."""
+  rng = np.random.default_rng(6)
+  a = rng.normal(size=(16, 11, 24)).astype(np.float32)
+  b = rng.normal(size=(16, 11, 128)).astype(np.float32)
+  ref = np.einsum("bti,btj->ij", a.astype(np.float64), b)
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  shard = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))  # noqa: E731
+  fn = jax.jit(lambda a, b: cpu_kernels.matmul_tn(1, a, b))
+  hlo = fn.lower(shard(a), shard(b)).compile().as_text()
+  assert "all-reduce" in hlo and "all-gather" not in hlo
+  assert 'custom_call_target="mmzoo_matmul_tn"' in hlo and "f32[2,11,24]" in hlo  # own rows
+  _close(fn(shard(a), shard(b)), ref)
+  mapped = jax.vmap(fn)(a.reshape(4, 4, 11, 24), b.reshape(4, 4, 11, 128))
+  for i in range(4):
+    _close(mapped[i], np.einsum("bti,btj->ij", a[4 * i:4 * i + 4].astype(np.float64),
+                                b[4 * i:4 * i + 4]))
 
 
 # The kernels from a fresh cache in a process with one CPU device (the default policy, the

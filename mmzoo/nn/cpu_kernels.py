@@ -5,11 +5,13 @@ step, each dispatched on its own; `kernels/recurrent_cpu.cc` runs a whole
 sequence in one call, with the gate math fused into the epilogue of each
 step's matmul of `[x_t | h_{t-1}]` by `[W_ih; W_hh]`, as oneDNN's RNN primitive
 does for PyTorch; its backward computes `x`'s gradient beside the recurrence's.
-The weight gradients stay large XLA matmuls. benchmarks/RESULTS.md has the
-measurements.
+The weight gradients are one matmul each over all steps (`matmul_tn`).
+benchmarks/RESULTS.md has the measurements.
 
 `recurrent.py` makes the layers differentiable around `lstm_forward`,
-`lstm_backward`, `gru_forward` and `gru_backward`.
+`lstm_backward`, `gru_forward` and `gru_backward`, and takes the weight
+gradients from `matmul_tn`, a blocked GEMM that XLA's own dot trails on these
+shapes.
 
 The kernels need x86-64 with AVX-512 (F and DQ), Linux and a C++20 compiler
 (`$CXX`, else g++, c++ or clang++). They are compiled once against JAX's FFI
@@ -53,8 +55,10 @@ _SOURCE = Path(__file__).with_name("kernels") / "recurrent_cpu.cc"
 # cell -> (forward, backward) FFI targets, and the library symbols that implement them.
 _TARGETS = {"lstm": ("mmzoo_lstm_forward", "mmzoo_lstm_backward"),
             "gru": ("mmzoo_gru_forward", "mmzoo_gru_backward")}
+_MATMUL_TN = "mmzoo_matmul_tn"
 _SYMBOLS = {"mmzoo_lstm_forward": "MmzooLstmForward", "mmzoo_lstm_backward": "MmzooLstmBackward",
-            "mmzoo_gru_forward": "MmzooGruForward", "mmzoo_gru_backward": "MmzooGruBackward"}
+            "mmzoo_gru_forward": "MmzooGruForward", "mmzoo_gru_backward": "MmzooGruBackward",
+            _MATMUL_TN: "MmzooMatmulTN"}
 _FLAGS = ("-O3", "-std=c++20", "-mavx512f", "-mavx512dq", "-mfma", "-shared", "-fPIC")
 POLICY_ENV = "MMZOO_CPU_KERNELS"  # "0": never; otherwise wherever they fit.
 HIDDEN_MULTIPLE = 64  # The kernels' tiles need hidden % 64 == 0.
@@ -232,16 +236,21 @@ def _batch_partitioned(call, static: tuple, axis: int, kinds_in: str, kinds_out:
 
   `kinds_*` give each array's role: "s" a sequence (`[T, B, ..]` or `[B, T,
   ..]` by `axis`, the time axis), "b" a `[B, H]` state, "w" a weight
-  (replicated). Every other dimension is replicated.
+  (replicated), "r" (outputs only) a sum over the batch (replicated: each
+  device's part, summed over the devices). Every other dimension is replicated.
   """
 
   def spec(kind: str, batch_axes):
-    if kind == "w":
+    if kind in "wr":
       return P()
     return P(None, batch_axes) if kind == "s" and axis == 0 else P(batch_axes)
 
   def shardings(mesh, batch_axes, kinds):
     return tuple(NamedSharding(mesh, spec(k, batch_axes)) for k in kinds)
+
+  def out_shardings(mesh, batch_axes):  # one output: its sharding, not a tuple
+    out = shardings(mesh, batch_axes, kinds_out)
+    return out[0] if len(out) == 1 else out
 
   def batch_axes_of(arg_shapes):
     first = arg_shapes[0].sharding.spec  # a sequence: its batch dim is 1 - axis
@@ -250,17 +259,32 @@ def _batch_partitioned(call, static: tuple, axis: int, kinds_in: str, kinds_out:
   def partition(*args):
     mesh, arg_shapes, _ = args[len(static):]
     batch_axes = batch_axes_of(arg_shapes)
-    return (mesh, functools.partial(call, *static), shardings(mesh, batch_axes, kinds_out),
-            shardings(mesh, batch_axes, kinds_in))
+    lower = functools.partial(call, *static)
+    if "r" in kinds_out and batch_axes is not None:
+      lower = _summed(lower, kinds_out, batch_axes)
+    return mesh, lower, out_shardings(mesh, batch_axes), shardings(mesh, batch_axes, kinds_in)
 
   def infer(*args):  # for the GSPMD partitioner (jax_use_shardy_partitioner=False)
     mesh, arg_shapes, _ = args[len(static):]
-    return shardings(mesh, batch_axes_of(arg_shapes), kinds_out)
+    return out_shardings(mesh, batch_axes_of(arg_shapes))
 
   wrapped = custom_partitioning(call, static_argnums=tuple(range(len(static))))
   wrapped.def_partition(partition=partition, infer_sharding_from_operands=infer,
                         sharding_rule=rule)
   return _mapped_under_vmap(functools.partial(wrapped, *static))
+
+
+def _summed(lower, kinds_out: str, batch_axes):
+  """`lower`, its outputs of kind "r" summed over the devices along `batch_axes`."""
+
+  def summed(*args):
+    outs = lower(*args)
+    single = len(kinds_out) == 1
+    outs = [jax.lax.psum(o, batch_axes) if k == "r" else o
+            for o, k in zip((outs,) if single else outs, kinds_out, strict=True)]
+    return outs[0] if single else tuple(outs)
+
+  return summed
 
 
 def _mapped_under_vmap(op):
@@ -329,6 +353,37 @@ def gru_backward(axis: int, act, hs, h0, w_ih, w_hh, d_hs, d_hT):
   dxw, dhw, d_h0, d_b_rows, dx = _backward_op("gru", axis)(
       act, hs, h0, _weight_or_empty(w_ih, w_hh), w_hh, d_hs, d_hT)
   return dxw, dhw, d_h0, d_b_rows, None if w_ih is None else dx
+
+
+def matmul_tn(axis: int, a: jax.Array, b: jax.Array) -> jax.Array:
+  """`a^T b` summed over time and batch: `<float32>[M, N]` for sequences `a
+  [.., M]` and `b [.., N]` (`[T, B, ..]`, or `[B, T, ..]` with `axis=1`).
+
+  The weight gradients `x^T dz`. Needs `N % 64 == 0` (see `matmul_applies`);
+  with the batch sharded, each device multiplies its own rows and the parts
+  are summed over the devices.
+  """
+  return _matmul_op(axis)(a, b)
+
+
+def matmul_applies(a: jax.Array, b: jax.Array) -> bool:
+  """Whether `matmul_tn` runs these (as `applies`: float32 on CPU, kernels built and on)."""
+  return (os.environ.get(POLICY_ENV) != "0" and a.ndim == 3 and b.ndim == 3
+          and a.shape[:2] == b.shape[:2] and b.shape[-1] % HIDDEN_MULTIPLE == 0
+          and a.dtype == b.dtype == jnp.float32 and jax.default_backend() == "cpu"
+          and available())
+
+
+def _matmul_call(a, b):
+  out = jax.ShapeDtypeStruct((a.shape[-1], b.shape[-1]), jnp.float32)
+  return jax.ffi.ffi_call(_MATMUL_TN, out, vmap_method="sequential")(
+      a, b, max_threads=_threads_per_device())
+
+
+@functools.cache
+def _matmul_op(axis: int):
+  s = functools.partial(_seq_dims, axis)
+  return _batch_partitioned(_matmul_call, (), axis, "ss", "r", f"{s('i')}, {s('j')} -> i j")
 
 
 def _dx_weight(w_ih):

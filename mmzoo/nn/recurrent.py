@@ -403,6 +403,13 @@ def _weight_grad(inputs: jax.Array, d: jax.Array) -> jax.Array:
   return inputs.reshape(rows, -1).T @ d.reshape(rows, -1)
 
 
+def _kernel_weight_grad(axis: int, inputs: jax.Array, d: jax.Array) -> jax.Array:
+  """`_weight_grad` through the GEMM kernel where it applies (the fused layers' backward)."""
+  if cpu_kernels.matmul_applies(inputs, d):
+    return cpu_kernels.matmul_tn(axis, inputs, d)
+  return _weight_grad(inputs, d)
+
+
 def _input_grads(x: jax.Array, w_ih: jax.Array | None, dxw: jax.Array):
   """`(dx, dW_ih)` from the gradient of the input projection (`x` is it if `w_ih` is None)."""
   if w_ih is None:
@@ -469,10 +476,9 @@ def _fused_bwd(cell: CellKind, axis: int, residuals, cotangents):
     d_b_ih = sums[:3 * hidden]
     d_b_hh = jnp.concatenate([sums[:2 * hidden], sums[3 * hidden:]])
   if d_x is None:  # not from the kernel
-    d_x, d_w_ih = _input_grads(x, w_ih, dxw)
-  else:
-    d_w_ih = _weight_grad(x, dxw)
-  d_w_hh = _weight_grad(_previous_states(h0, hs, axis), dhw)
+    d_x = dxw if w_ih is None else dxw @ w_ih.T
+  d_w_ih = None if w_ih is None else _kernel_weight_grad(axis, x, dxw)
+  d_w_hh = _kernel_weight_grad(axis, _previous_states(h0, hs, axis), dhw)
   return (d_x, d_w_ih, None if b_ih is None else d_b_ih, d_w_hh,
           None if b_hh is None else d_b_hh, d_carry)
 

@@ -7,7 +7,8 @@
 // [x_t | h_{t-1}] by [W_ih; W_hh] in one register tile, so the input
 // projection of all steps is never written out; the backward computes x's
 // gradient dz_t W_ih^T beside dh := dz_t W_hh^T. The weight gradients stay
-// large XLA matmuls over all steps (mmzoo/nn/cpu_kernels.py).
+// matmuls over all steps, by mmzoo_matmul_tn below, a blocked GEMM that XLA's
+// own dot trails on these shapes (mmzoo/nn/cpu_kernels.py).
 //
 // Gate math is PyTorch's. LSTM: [i, f, g, o] = x W_ih + b + h W_hh (b the sum
 // of both biases), c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c').
@@ -34,6 +35,9 @@
 //   dxw, dhw: the gradients of every step's x W_ih and h W_hh (with their
 //   biases), [dr, dz, dn] and [dr, dz, dn r] at the pre-activations; d_b_rows:
 //   [dr, dz, dn, dn r] summed over time, per row; dx as the LSTM's.
+// mmzoo_matmul_tn(a [.., M], b [.., N]) -> c [M, N]
+//   c = a^T b summed over all leading positions (the weight gradients x^T dz
+//   over all steps and rows); N % 64 == 0.
 // "..": [T, B] with batch_major = 0, [B, T] with batch_major = 1.
 // Requires H % 64 == 0 (checked by the caller and here).
 //
@@ -703,6 +707,90 @@ ffi::Error GruBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> act, ffi::Buf
   return ffi::Error::Success();
 }
 
+// --- Weight gradients: c = a^T b over all rows -------------------------------------------
+
+// c[MR rows, 64 columns] := (c + with `add`) sum_k a[k][r] b[k][q] over kc rows
+// k of A~ ([kc][MR]: MR columns of a, packed per row) and B~ ([kc][64]: 64
+// columns of b, packed, aligned).
+template <int MR>
+__attribute__((noinline)) void TileTN(const float* __restrict a, const float* __restrict b,
+                                      int64_t kc, float* c, int64_t ldc, bool add) {
+  __m512 acc[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    __m512 bv[4];
+    for (int q = 0; q < 4; ++q) bv[q] = _mm512_load_ps(b + k * 64 + 16 * q);
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(a[k * MR + r]);
+      for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_fmadd_ps(av, bv[q], acc[r][q]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < 4; ++q) {
+      float* o = c + r * ldc + 16 * q;
+      _mm512_storeu_ps(o, add ? _mm512_add_ps(acc[r][q], _mm512_loadu_ps(o)) : acc[r][q]);
+    }
+}
+
+// c [m, n] = a^T b for a [rows, m] and b [rows, n] (n % 64 == 0), in chunks of
+// kChunkRows rows. Per chunk, one phase packs a's rows into A~ slivers of
+// kBlockRows rows (units share the blocks), then unit u computes c's columns
+// 64u .. 64u + 63: per block it packs those columns of b (B~, in L1/L2) and
+// runs one TileTN per row tile of c, whose column panel (m x 64) stays in L2
+// over the whole chunk. (Paired with XLA's dot in one jit, on 3200 rows:
+// 1.15-1.3x as fast; with one device per core, 1.1-1.3x.)
+constexpr int64_t kBlockRows = 384, kChunkRows = 4096;
+
+ffi::Error MatmulTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                    ffi::ResultBuffer<ffi::F32> c, int64_t max_threads) {
+  const auto da = a.dimensions(), db = b.dimensions();
+  if (da.size() < 1 || db.size() < 1)
+    return ffi::Error::InvalidArgument("mmzoo_matmul_tn: a and b need a last dimension");
+  const int64_t m = da.back(), n = db.back();
+  const int64_t rows = m ? a.element_count() / m : 0;
+  if (n % 64 != 0 || (n ? b.element_count() / n : 0) != rows || da.size() != db.size() ||
+      !std::equal(da.begin(), da.end() - 1, db.begin()))
+    return ffi::Error::InvalidArgument(
+        "mmzoo_matmul_tn: a and b must share their leading dimensions, b's last a multiple of 64");
+  float* out = c->typed_data();
+  if (rows == 0 || m == 0 || n == 0) {
+    std::memset(out, 0, m * n * sizeof(float));
+    return ffi::Error::Success();
+  }
+  const float *a_in = a.typed_data(), *b_in = b.typed_data();
+  const int64_t chunk = std::min(kChunkRows, rows), chunks = (rows + chunk - 1) / chunk;
+  float* packed = Scratch(0, m * chunk);  // A~ of one chunk: per block, per row tile [kc][MR]
+  if (!packed) return NoScratch();
+  const int64_t panels = n / 64;
+  auto unit = [=](int64_t phase, int64_t u) {
+    const int64_t c0 = phase / 2 * chunk, rows_c = std::min(chunk, rows - c0);
+    const int64_t blocks = (rows_c + kBlockRows - 1) / kBlockRows;
+    if (phase % 2 == 0) {  // pack blocks u, u + panels, ...
+      for (int64_t kb = u; kb < blocks; kb += panels) {
+        const int64_t k0 = kb * kBlockRows, kc = std::min(kBlockRows, rows_c - k0);
+        ForRowTiles(m, [&]<int MR>(int64_t r0, int64_t) {
+          float* dst = packed + k0 * m + r0 * kc;
+          for (int64_t k = 0; k < kc; ++k)
+            std::memcpy(dst + k * MR, a_in + (c0 + k0 + k) * m + r0, MR * sizeof(float));
+        });
+      }
+      return;
+    }
+    float* panel = Scratch(1, kBlockRows * 64);  // this thread's B~
+    for (int64_t kb = 0; kb < blocks; ++kb) {
+      const int64_t k0 = kb * kBlockRows, kc = std::min(kBlockRows, rows_c - k0);
+      for (int64_t k = 0; k < kc; ++k)
+        std::memcpy(panel + k * 64, b_in + (c0 + k0 + k) * n + u * 64, 64 * sizeof(float));
+      ForRowTiles(m, [&]<int MR>(int64_t r0, int64_t) {
+        TileTN<MR>(packed + k0 * m + r0 * kc, panel, kc, out + r0 * n + u * 64, n, c0 + k0 > 0);
+      });
+    }
+  };
+  RunPhases(pool, max_threads, 2 * chunks, panels, unit);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MmzooLstmForward, Forward,
@@ -768,4 +856,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MmzooGruBackward, GruBackward,
                                   .Ret<ffi::Buffer<ffi::F32>>()   // d_b_rows
                                   .Ret<ffi::Buffer<ffi::F32>>()   // dx, or empty
                                   .Attr<int64_t>("batch_major")
+                                  .Attr<int64_t>("max_threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MmzooMatmulTN, MatmulTN,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // a
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // b
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // c
                                   .Attr<int64_t>("max_threads"));
