@@ -9,9 +9,9 @@ starts the next chunk of each stream), global-norm gradient clipping and Adam.
   below override its fields) and `mmzoo.train.loop.train_step` with the
   config's optimizer, jitted and run exactly as the trainer does it (mesh,
   shardings, donated state, each step waited for as on any CPU host), on the devices the
-  char_rnn launcher trains on by default: on a CPU host one single-threaded
-  XLA device per core that the batch splits into (`--cpu_devices=auto`;
-  `--cpu_devices=0` for one device on all cores).
+  char_rnn launcher trains on by default (`--cpu_devices=auto`): one device on all
+  cores where the fused LSTM kernels run, else one single-threaded XLA device per
+  core that the batch splits into (`--cpu_devices=2` forces that split).
 * PyTorch: `nn.Embedding -> nn.LSTM(batch_first=True) -> nn.Linear`,
   `F.cross_entropy`, detached hidden carry, `clip_grad_norm_(5)`,
   `torch.optim.Adam(lr=2e-3)` (constant: the learning-rate schedule costs
@@ -68,8 +68,9 @@ MAX_CHARS = flags.DEFINE_integer(
 FRAMEWORKS = flags.DEFINE_list("frameworks", ["mmzoo", "torch"], "Which to run.")
 CPU_DEVICES = flags.DEFINE_string(
     "cpu_devices", "auto", "mmzoo's CPU devices, as the char_rnn launcher's flag: 'auto' "
-    "(its default) runs one single-threaded XLA device per core that the batch splits "
-    "into; 0 keeps one device on all cores. XLA_FLAGS that set a device count win.")
+    "(its default) keeps one device on all cores where the fused LSTM kernels run, else "
+    "one single-threaded XLA device per core that the batch splits into; N forces N "
+    "devices, 0 one. XLA_FLAGS that set a device count win.")
 RETAIN_MEMORY = retain_memory_flag()
 BREAKDOWN = flags.DEFINE_bool(
     "breakdown", False, "Afterwards, also time parts of a step (median of --windows calls "
@@ -371,11 +372,13 @@ def main(argv) -> None:
   if unknown:
     raise app.UsageError(f"unknown frameworks {sorted(unknown)}; known: mmzoo, torch")
   from mmzoo.errors import InputError
+  from mmzoo.tasks import char_lm
   from mmzoo.train import parallel
 
   task, s = make_task()
   try:  # Before JAX starts its backends, as the launcher does.
-    parallel.split_cpu(parallel.cpu_device_count(CPU_DEVICES.value, [s.batch]))
+    parallel.split_cpu(parallel.cpu_device_count(CPU_DEVICES.value,
+                                                 char_lm.cpu_split_batch_sizes(task.config)))
   except InputError as e:
     raise app.UsageError(str(e)) from e
   memory = host_memory_policy(RETAIN_MEMORY.value)

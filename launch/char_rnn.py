@@ -4,8 +4,10 @@ r"""Trains a character-level language model (min-char-rnn / char-rnn).
       --workdir=workdirs/char_rnn [--config.data.path=input.txt]
 
 Re-running the same command on the same workdir resumes from its latest
-checkpoint. On a CPU host the batch is split over one single-threaded XLA
-device per core (--cpu_devices=auto; --cpu_devices=0 keeps one device).
+checkpoint. On a CPU host, LSTM and GRU layers that the fused CPU kernels run
+train on one device on all cores; other models (the vanilla RNN, hidden sizes
+not a multiple of 64) split the batch over one single-threaded XLA device per
+core (--cpu_devices=auto; --cpu_devices=N forces N devices, 0 one).
 Multi-host: add --coordinator_address=HOST:PORT --num_processes=N
 --process_id=I on every process.
 """
@@ -13,6 +15,8 @@ Multi-host: add --coordinator_address=HOST:PORT --num_processes=N
 import common
 from absl import flags
 from ml_collections import config_flags
+
+from mmzoo.tasks import char_lm
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -29,5 +33,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  common.run(main, batch_sizes=lambda: (_CONFIG.value.data.batch_size,
-                                        _CONFIG.value.eval.batch_size))
+  common.run(main, batch_sizes=lambda: char_lm.cpu_split_batch_sizes(_CONFIG.value))

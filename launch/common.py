@@ -102,10 +102,10 @@ def run(main, positional: bool = False,
   """`app.run(main)`, printing input problems as one line and exiting 1.
 
   Positional arguments are refused unless `positional` (then `main` gets them).
-  `batch_sizes`, given by launchers whose models train faster on a split CPU
-  (char_rnn: small per-step matmuls), returns the config's global batch sizes
-  once flags are parsed; with --cpu_devices=auto the CPU is then split into as
-  many devices as they allow (`parallel.auto_cpu_devices`). Unless
+  `batch_sizes`, given by launchers whose models may train faster on a split CPU
+  (char_rnn: small per-step ops), returns the config's global batch sizes once
+  flags are parsed (or None: one device); with --cpu_devices=auto the CPU is then
+  split into as many devices as they allow (`parallel.auto_cpu_devices`). Unless
   --noretain_freed_memory, freed host memory is kept for reuse
   (`host_memory.retain_freed_memory`).
 

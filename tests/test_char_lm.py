@@ -349,3 +349,21 @@ def test_min_char_rnn_smoke_step(corpus_path):
   # First Adagrad step from a zero accumulator: every parameter moves by lr * sign(grad).
   delta = np.asarray(new.params["out"]["bias"] - p["out"]["bias"])
   np.testing.assert_allclose(np.abs(delta), 0.1, rtol=1e-3)
+
+
+def test_cpu_split_follows_the_kernels(monkeypatch):
+  """`--cpu_devices=auto` keeps one device where the fused kernels run the layers (the
+  default LSTM, the GRU), and splits by the batch sizes elsewhere."""
+  from mmzoo.nn import cpu_kernels
+  from mmzoo.tasks.char_lm import cpu_split_batch_sizes
+
+  monkeypatch.delenv(cpu_kernels.POLICY_ENV, raising=False)
+  split = (32, 32)  # the default config's train and eval batch sizes
+  assert cpu_split_batch_sizes(char_rnn_config.get_config("rnn")) == split  # no RNN kernel
+  assert cpu_split_batch_sizes(char_rnn_config.get_config("lstm,smoke")) == (8, 8)  # hidden 32
+  kernels = cpu_kernels._unsupported() is None
+  for variant in ("lstm", "gru"):
+    assert cpu_split_batch_sizes(char_rnn_config.get_config(variant)) == (
+        None if kernels else split)
+  monkeypatch.setenv(cpu_kernels.POLICY_ENV, "0")
+  assert cpu_split_batch_sizes(char_rnn_config.get_config("lstm")) == split

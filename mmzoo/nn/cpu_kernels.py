@@ -93,6 +93,14 @@ def applies(cell: str, x: jax.Array, w_hh: jax.Array, carry, mask) -> bool:
           and jax.default_backend() == "cpu" and available())
 
 
+def expected(cell: str, hidden: int) -> bool:
+  """Whether `cell` layers of `hidden` units will run through the kernels here, judged
+  without building them or starting JAX (a launcher decides how to split the CPU
+  before that): the cell, the hidden size, the policy, the CPU and a compiler."""
+  return (cell in _TARGETS and hidden % HIDDEN_MULTIPLE == 0
+          and os.environ.get(POLICY_ENV) != "0" and _unsupported() is None)
+
+
 def _unsupported() -> str | None:
   """Why the kernel cannot run here, or None."""
   if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):

@@ -23,6 +23,22 @@ from mmzoo.models import char_rnn
 from mmzoo.train import parallel
 
 
+def cpu_split_batch_sizes(config: ml_collections.ConfigDict) -> tuple[int, ...] | None:
+  """The batch sizes `--cpu_devices=auto` splits a CPU host by, or None for one device.
+
+  Where the recurrent layers run through the fused CPU kernels, one device on all
+  cores trains faster: the kernels share each step between the cores, each of
+  which keeps its part of the weights in its L2, where a device per core streams
+  all the weights from L3 every step (benchmarks/RESULTS.md, char_lm, session
+  19). The XLA loop's small per-step ops run faster on a device per core.
+  """
+  from mmzoo.nn import cpu_kernels  # Does not start JAX's backends.
+
+  if cpu_kernels.expected(config.model.cell, config.model.hidden_size):
+    return None
+  return config.data.batch_size, config.eval.batch_size
+
+
 class CharLMTask:
   """Binds the char model, its TBPTT data and the "lm" evaluator.
 
