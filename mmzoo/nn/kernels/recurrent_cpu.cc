@@ -738,8 +738,8 @@ __attribute__((noinline)) void TileTN(const float* __restrict a, const float* __
 // kBlockRows rows (units share the blocks), then unit u computes c's columns
 // 64u .. 64u + 63: per block it packs those columns of b (B~, in L1/L2) and
 // runs one TileTN per row tile of c, whose column panel (m x 64) stays in L2
-// over the whole chunk. (Paired with XLA's dot in one jit, on 3200 rows:
-// 1.15-1.3x as fast; with one device per core, 1.1-1.3x.)
+// over the whole chunk. (Paired with XLA's dot in one jit, 3200 rows, two
+// threads: 1.1-1.3x as fast; benchmarks/RESULTS.md, rnn_layer.)
 constexpr int64_t kBlockRows = 384, kChunkRows = 4096;
 
 ffi::Error MatmulTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
