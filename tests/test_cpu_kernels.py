@@ -7,6 +7,7 @@ in test_recurrent.py). Every comparison first asserts that a kernel really ran.
 The tests that need the kernels skip, with the reason, where they cannot be built.
 """
 
+import functools
 import json
 import subprocess
 import sys
@@ -275,48 +276,78 @@ def test_when_the_kernels_apply(monkeypatch):
   assert not cpu_kernels.applies("lstm", x.astype(jnp.bfloat16), w, carry, None)
   assert not cpu_kernels.applies("gru", x, w[:, :192], h.astype(jnp.bfloat16), None)
   d = jnp.zeros((2, 3, 192))
-  assert cpu_kernels.matmul_applies(x, d)
-  assert not cpu_kernels.matmul_applies(x, d[..., :96])  # 96 % 64 != 0
-  assert not cpu_kernels.matmul_applies(x[:, :2], d)  # other rows
-  assert not cpu_kernels.matmul_applies(x.astype(jnp.bfloat16), d)
+  assert cpu_kernels.weight_grads_apply(d, x, None)
+  assert not cpu_kernels.weight_grads_apply(d[..., :96], x)  # 96 % 64 != 0
+  assert not cpu_kernels.weight_grads_apply(d, x.astype(jnp.bfloat16))
   monkeypatch.setenv(cpu_kernels.POLICY_ENV, "0")
-  assert not cpu_kernels.matmul_applies(x, d)
+  assert not cpu_kernels.weight_grads_apply(d, x)
 
 
-@pytest.mark.parametrize("axis,shape,n", [
-    (1, (3, 5, 7), 64),  # one block, row tiles of 4 and 3
-    (0, (1500, 3, 70), 192),  # 4500 rows: two chunks of 4096, partial blocks; tiles of 6 and 5
-    (1, (4, 9, 1), 128),  # one column of a
-    (0, (0, 3, 6), 64),  # no rows: zeros
+def _previous(h0, hs, axis):
+  """h_{t-1} of every step, in numpy: h0, then hs but the last step."""
+  return np.concatenate([np.expand_dims(h0, axis), np.delete(hs, -1, axis=axis)], axis=axis)
+
+
+@pytest.mark.parametrize("axis,shape,n,parts", [
+    (1, (3, 5, 7, 6), 64, "xh"),  # one block; row tiles of 4 and 3, then 6
+    (0, (1500, 3, 70, 13), 192, "xh"),  # 4500 rows: two chunks of 4096, partial blocks
+    (1, (4, 9, 1, 64), 128, "x"),  # one column of x; no hs
+    (0, (7, 2, 5, 64), 64, "h"),  # no x
+    (1, (0, 3, 6, 8), 64, "xh"),  # no rows: zeros
 ])
-def test_matmul_tn_matches_numpy(kernel, axis, shape, n):
-  """The weight-gradient GEMM, a^T b over all rows, against float64 numpy."""
+def test_weight_grads_match_numpy(kernel, axis, shape, n, parts):
+  """The weight-gradient GEMM, [x | h_prev]^T d over all rows (h_prev: h0, then hs
+  shifted by a step), against float64 numpy, batch-major and time-major."""
   rng = np.random.default_rng(5)
-  a = rng.normal(size=shape).astype(np.float32)
-  b = rng.normal(size=(*shape[:2], n)).astype(np.float32)
-  assert cpu_kernels.matmul_applies(jnp.asarray(a), jnp.asarray(b))
-  ours = jax.jit(cpu_kernels.matmul_tn, static_argnums=0)(axis, a, b)
-  _close(ours, np.einsum("tbi,tbj->ij", a.astype(np.float64), b))
+  d0, d1, width, hidden = shape
+  x = rng.normal(size=(d0, d1, width)).astype(np.float32)
+  hs = rng.normal(size=(d0, d1, hidden)).astype(np.float32)
+  h0 = rng.normal(size=(d1 if axis == 0 else d0, hidden)).astype(np.float32)
+  d = rng.normal(size=(d0, d1, n)).astype(np.float32)
+  assert cpu_kernels.weight_grads_apply(jnp.asarray(d), jnp.asarray(x))
+  args = (x if "x" in parts else None, hs if "h" in parts else None,
+          h0 if "h" in parts else None, d)
+  dw_x, dw_h = jax.jit(cpu_kernels.weight_grads, static_argnums=0)(axis, *args)
+  f64 = lambda a: a.astype(np.float64)  # noqa: E731
+  if "x" in parts:
+    _close(dw_x, np.einsum("abi,abj->ij", f64(x), d))
+  else:
+    assert dw_x is None
+  if "h" in parts:
+    _close(dw_h, np.einsum("abi,abj->ij", _previous(f64(h0), f64(hs), axis), d))
+  else:
+    assert dw_h is None
 
 
-def test_matmul_tn_sharded_and_vmapped(kernel):
+def test_weight_grads_sharded_and_vmapped(kernel):
   """With the batch sharded over 8 devices, the parts are summed (an all-reduce, no
   all-gather); under vmap, each mapped element gets its own product."""
   rng = np.random.default_rng(6)
-  a = rng.normal(size=(16, 11, 24)).astype(np.float32)
-  b = rng.normal(size=(16, 11, 128)).astype(np.float32)
-  ref = np.einsum("bti,btj->ij", a.astype(np.float64), b)
+  x = rng.normal(size=(16, 11, 24)).astype(np.float32)
+  hs = rng.normal(size=(16, 11, 64)).astype(np.float32)
+  h0 = rng.normal(size=(16, 64)).astype(np.float32)
+  d = rng.normal(size=(16, 11, 128)).astype(np.float32)
+
+  def ref(x, hs, h0, d):
+    x, hs, h0 = (a.astype(np.float64) for a in (x, hs, h0))
+    return (np.einsum("bti,btj->ij", x, d),
+            np.einsum("bti,btj->ij", _previous(h0, hs, 1), d))
+
   mesh = Mesh(np.array(jax.devices()), ("data",))
-  shard = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))  # noqa: E731
-  fn = jax.jit(lambda a, b: cpu_kernels.matmul_tn(1, a, b))
-  hlo = fn.lower(shard(a), shard(b)).compile().as_text()
+  shard = lambda a: jax.device_put(a, NamedSharding(mesh, P("data")))  # noqa: E731
+  fn = jax.jit(functools.partial(cpu_kernels.weight_grads, 1))
+  args = tuple(map(shard, (x, hs, h0, d)))
+  hlo = fn.lower(*args).compile().as_text()
   assert "all-reduce" in hlo and "all-gather" not in hlo
-  assert 'custom_call_target="mmzoo_matmul_tn"' in hlo and "f32[2,11,24]" in hlo  # own rows
-  _close(fn(shard(a), shard(b)), ref)
-  mapped = jax.vmap(fn)(a.reshape(4, 4, 11, 24), b.reshape(4, 4, 11, 128))
+  assert 'custom_call_target="mmzoo_weight_grads"' in hlo and "f32[2,11,24]" in hlo  # own rows
+  for ours, want in zip(fn(*args), ref(x, hs, h0, d), strict=True):
+    _close(ours, want)
+  split = lambda a: a.reshape(4, 4, *a.shape[1:])  # noqa: E731
+  mapped = jax.vmap(fn)(*map(split, (x, hs, h0, d)))
   for i in range(4):
-    _close(mapped[i], np.einsum("bti,btj->ij", a[4 * i:4 * i + 4].astype(np.float64),
-                                b[4 * i:4 * i + 4]))
+    part = slice(4 * i, 4 * i + 4)
+    for ours, want in zip(mapped, ref(x[part], hs[part], h0[part], d[part]), strict=True):
+      _close(ours[i], want)
 
 
 # The kernels from a fresh cache in a process with one CPU device (the default policy, the

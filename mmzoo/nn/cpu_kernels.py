@@ -5,12 +5,12 @@ step, each dispatched on its own; `kernels/recurrent_cpu.cc` runs a whole
 sequence in one call, with the gate math fused into the epilogue of each
 step's matmul of `[x_t | h_{t-1}]` by `[W_ih; W_hh]`, as oneDNN's RNN primitive
 does for PyTorch; its backward computes `x`'s gradient beside the recurrence's.
-The weight gradients are one matmul each over all steps (`matmul_tn`).
+The weight gradients are matmuls over all steps (`weight_grads`).
 benchmarks/RESULTS.md has the measurements.
 
 `recurrent.py` makes the layers differentiable around `lstm_forward`,
 `lstm_backward`, `gru_forward` and `gru_backward`, and takes the weight
-gradients from `matmul_tn`, a blocked GEMM that XLA's own dot trails on these
+gradients from `weight_grads`, a blocked GEMM that XLA's own dot trails on these
 shapes.
 
 The kernels need x86-64 with AVX-512 (F and DQ), Linux and a C++20 compiler
@@ -55,10 +55,10 @@ _SOURCE = Path(__file__).with_name("kernels") / "recurrent_cpu.cc"
 # cell -> (forward, backward) FFI targets, and the library symbols that implement them.
 _TARGETS = {"lstm": ("mmzoo_lstm_forward", "mmzoo_lstm_backward"),
             "gru": ("mmzoo_gru_forward", "mmzoo_gru_backward")}
-_MATMUL_TN = "mmzoo_matmul_tn"
+_WEIGHT_GRADS = "mmzoo_weight_grads"
 _SYMBOLS = {"mmzoo_lstm_forward": "MmzooLstmForward", "mmzoo_lstm_backward": "MmzooLstmBackward",
             "mmzoo_gru_forward": "MmzooGruForward", "mmzoo_gru_backward": "MmzooGruBackward",
-            _MATMUL_TN: "MmzooMatmulTN"}
+            _WEIGHT_GRADS: "MmzooWeightGrads"}
 _FLAGS = ("-O3", "-std=c++20", "-mavx512f", "-mavx512dq", "-mfma", "-shared", "-fPIC")
 POLICY_ENV = "MMZOO_CPU_KERNELS"  # "0": never; otherwise wherever they fit.
 HIDDEN_MULTIPLE = 64  # The kernels' tiles need hidden % 64 == 0.
@@ -363,35 +363,47 @@ def gru_backward(axis: int, act, hs, h0, w_ih, w_hh, d_hs, d_hT):
   return dxw, dhw, d_h0, d_b_rows, None if w_ih is None else dx
 
 
-def matmul_tn(axis: int, a: jax.Array, b: jax.Array) -> jax.Array:
-  """`a^T b` summed over time and batch: `<float32>[M, N]` for sequences `a
-  [.., M]` and `b [.., N]` (`[T, B, ..]`, or `[B, T, ..]` with `axis=1`).
+def weight_grads(axis: int, x: jax.Array | None, hs: jax.Array | None, h0: jax.Array | None,
+                 d: jax.Array) -> tuple[jax.Array | None, jax.Array | None]:
+  """`(x^T d, h_prev^T d)` summed over time and batch, `h_prev` the state before
+  each step (`h0`, then `hs` of the step before): a layer's `dW_ih` and `dW_hh`
+  from its gates' gradients `d`.
 
-  The weight gradients `x^T dz`. Needs `N % 64 == 0` (see `matmul_applies`);
-  with the batch sharded, each device multiplies its own rows and the parts
-  are summed over the devices.
+  Sequences are `[T, B, ..]`, or `[B, T, ..]` with `axis=1`; `d`'s width must
+  be a multiple of 64 (see `weight_grads_apply`). `x`, or `hs` and `h0`, may be
+  None (their gradient is then None too). `[x | h_prev]` is never written out.
+  With the batch sharded, each device multiplies its own rows and the parts are
+  summed over the devices.
   """
-  return _matmul_op(axis)(a, b)
+  def empty(width_of):
+    return jnp.zeros((*d.shape[:-1], 0), d.dtype) if width_of is None else width_of
+
+  h0 = jnp.zeros((d.shape[1 - axis], 0), d.dtype) if hs is None else h0
+  dw_x, dw_h = _weight_grads_op(axis)(empty(x), empty(hs), h0, d)
+  return None if x is None else dw_x, None if hs is None else dw_h
 
 
-def matmul_applies(a: jax.Array, b: jax.Array) -> bool:
-  """Whether `matmul_tn` runs these (as `applies`: float32 on CPU, kernels built and on)."""
-  return (os.environ.get(POLICY_ENV) != "0" and a.ndim == 3 and b.ndim == 3
-          and a.shape[:2] == b.shape[:2] and b.shape[-1] % HIDDEN_MULTIPLE == 0
-          and a.dtype == b.dtype == jnp.float32 and jax.default_backend() == "cpu"
+def weight_grads_apply(d: jax.Array, *others: jax.Array | None) -> bool:
+  """Whether `weight_grads` runs these (as `applies`: float32 on CPU, kernels built and on)."""
+  return (os.environ.get(POLICY_ENV) != "0" and d.ndim == 3
+          and d.shape[-1] % HIDDEN_MULTIPLE == 0 and jax.default_backend() == "cpu"
+          and all(a.dtype == jnp.float32 for a in (d, *others) if a is not None)
           and available())
 
 
-def _matmul_call(a, b):
-  out = jax.ShapeDtypeStruct((a.shape[-1], b.shape[-1]), jnp.float32)
-  return jax.ffi.ffi_call(_MATMUL_TN, out, vmap_method="sequential")(
-      a, b, max_threads=_threads_per_device())
+def _weight_grads_call(axis: int, x, hs, h0, d):
+  width = d.shape[-1]
+  out = (jax.ShapeDtypeStruct((x.shape[-1], width), jnp.float32),
+         jax.ShapeDtypeStruct((hs.shape[-1], width), jnp.float32))
+  return jax.ffi.ffi_call(_WEIGHT_GRADS, out, vmap_method="sequential")(
+      x, hs, h0, d, batch_major=np.int64(axis), max_threads=_threads_per_device())
 
 
 @functools.cache
-def _matmul_op(axis: int):
+def _weight_grads_op(axis: int):
   s = functools.partial(_seq_dims, axis)
-  return _batch_partitioned(_matmul_call, (), axis, "ss", "r", f"{s('i')}, {s('j')} -> i j")
+  rule = f"{s('i')}, {s('h')}, b h, {s('j')} -> i j, h j"
+  return _batch_partitioned(_weight_grads_call, (axis,), axis, "ssbs", "rr", rule)
 
 
 def _dx_weight(w_ih):

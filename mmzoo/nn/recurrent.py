@@ -403,13 +403,6 @@ def _weight_grad(inputs: jax.Array, d: jax.Array) -> jax.Array:
   return inputs.reshape(rows, -1).T @ d.reshape(rows, -1)
 
 
-def _kernel_weight_grad(axis: int, inputs: jax.Array, d: jax.Array) -> jax.Array:
-  """`_weight_grad` through the GEMM kernel where it applies (the fused layers' backward)."""
-  if cpu_kernels.matmul_applies(inputs, d):
-    return cpu_kernels.matmul_tn(axis, inputs, d)
-  return _weight_grad(inputs, d)
-
-
 def _input_grads(x: jax.Array, w_ih: jax.Array | None, dxw: jax.Array):
   """`(dx, dW_ih)` from the gradient of the input projection (`x` is it if `w_ih` is None)."""
   if w_ih is None:
@@ -477,8 +470,15 @@ def _fused_bwd(cell: CellKind, axis: int, residuals, cotangents):
     d_b_hh = jnp.concatenate([sums[:2 * hidden], sums[3 * hidden:]])
   if d_x is None:  # not from the kernel
     d_x = dxw if w_ih is None else dxw @ w_ih.T
-  d_w_ih = None if w_ih is None else _kernel_weight_grad(axis, x, dxw)
-  d_w_hh = _kernel_weight_grad(axis, _previous_states(h0, hs, axis), dhw)
+  x_in = None if w_ih is None else x
+  if not cpu_kernels.weight_grads_apply(dhw, x_in, hs):
+    d_w_ih = None if w_ih is None else _weight_grad(x, dxw)
+    d_w_hh = _weight_grad(_previous_states(h0, hs, axis), dhw)
+  elif cell == "lstm":  # one pass over dz for both
+    d_w_ih, d_w_hh = cpu_kernels.weight_grads(axis, x_in, hs, h0, dhw)
+  else:
+    d_w_ih = None if x_in is None else cpu_kernels.weight_grads(axis, x_in, None, None, dxw)[0]
+    d_w_hh = cpu_kernels.weight_grads(axis, None, hs, h0, dhw)[1]
   return (d_x, d_w_ih, None if b_ih is None else d_b_ih, d_w_hh,
           None if b_hh is None else d_b_hh, d_carry)
 

@@ -7,7 +7,7 @@
 // [x_t | h_{t-1}] by [W_ih; W_hh] in one register tile, so the input
 // projection of all steps is never written out; the backward computes x's
 // gradient dz_t W_ih^T beside dh := dz_t W_hh^T. The weight gradients stay
-// matmuls over all steps, by mmzoo_matmul_tn below, a blocked GEMM that XLA's
+// matmuls over all steps, by mmzoo_weight_grads below, a blocked GEMM that XLA's
 // own dot trails on these shapes (mmzoo/nn/cpu_kernels.py).
 //
 // Gate math is PyTorch's. LSTM: [i, f, g, o] = x W_ih + b + h W_hh (b the sum
@@ -35,9 +35,11 @@
 //   dxw, dhw: the gradients of every step's x W_ih and h W_hh (with their
 //   biases), [dr, dz, dn] and [dr, dz, dn r] at the pre-activations; d_b_rows:
 //   [dr, dz, dn, dn r] summed over time, per row; dx as the LSTM's.
-// mmzoo_matmul_tn(a [.., M], b [.., N]) -> c [M, N]
-//   c = a^T b summed over all leading positions (the weight gradients x^T dz
-//   over all steps and rows); N % 64 == 0.
+// mmzoo_weight_grads(x [.., I], hs [.., H], h0 [B, H], d [.., N])
+//     -> dw_x [I, N], dw_h [H, N]
+//   x^T d and h_prev^T d summed over all steps and rows, h_prev the state
+//   before each step (h0, then hs of the step before): the weight gradients
+//   of W_ih and W_hh from dz. I or H may be 0; N % 64 == 0.
 // "..": [T, B] with batch_major = 0, [B, T] with batch_major = 1.
 // Requires H % 64 == 0 (checked by the caller and here).
 //
@@ -733,32 +735,55 @@ __attribute__((noinline)) void TileTN(const float* __restrict a, const float* __
     }
 }
 
-// c [m, n] = a^T b for a [rows, m] and b [rows, n] (n % 64 == 0), in chunks of
-// kChunkRows rows. Per chunk, one phase packs a's rows into A~ slivers of
-// kBlockRows rows (units share the blocks), then unit u computes c's columns
-// 64u .. 64u + 63: per block it packs those columns of b (B~, in L1/L2) and
-// runs one TileTN per row tile of c, whose column panel (m x 64) stays in L2
-// over the whole chunk. (Paired with XLA's dot in one jit, 3200 rows, two
-// threads: 1.1-1.3x as fast; benchmarks/RESULTS.md, rnn_layer.)
+// [dw_x; dw_h] = [x | h_prev]^T d over all rows, h_prev the state before each
+// row's step (h0 at a sequence's first, hs of the step before after), without
+// [x | h_prev] ever written out; see the header. In chunks of kChunkRows rows:
+// per chunk, one phase packs the rows of [x | h_prev] into A~ slivers of
+// kBlockRows rows (units share the blocks), then unit u computes columns 64u ..
+// 64u + 63: per block it packs those columns of d (B~, in L1/L2) and runs one
+// TileTN per row tile of [dw_x; dw_h] (x's columns and h's never share a
+// tile), whose column panel stays in L2 over the whole chunk. (Paired with
+// XLA's dot in one jit, 3200 rows, two threads: 1.1-1.3x as fast, before h_prev
+// was read in place; benchmarks/RESULTS.md, rnn_layer.)
 constexpr int64_t kBlockRows = 384, kChunkRows = 4096;
 
-ffi::Error MatmulTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
-                    ffi::ResultBuffer<ffi::F32> c, int64_t max_threads) {
-  const auto da = a.dimensions(), db = b.dimensions();
-  if (da.size() < 1 || db.size() < 1)
-    return ffi::Error::InvalidArgument("mmzoo_matmul_tn: a and b need a last dimension");
-  const int64_t m = da.back(), n = db.back();
-  const int64_t rows = m ? a.element_count() / m : 0;
-  if (n % 64 != 0 || (n ? b.element_count() / n : 0) != rows || da.size() != db.size() ||
-      !std::equal(da.begin(), da.end() - 1, db.begin()))
+// Calls fn.template operator()<MR>(column, row) over ForRowTiles' tiles of
+// `in` columns, then of `hidden` more, numbered on from `in`.
+template <class Fn>
+inline void ForSegmentTiles(int64_t in, int64_t hidden, const Fn& fn) {
+  ForRowTiles(in, [&]<int MR>(int64_t r0, int64_t) { fn.template operator()<MR>(r0); });
+  ForRowTiles(hidden, [&]<int MR>(int64_t r0, int64_t) { fn.template operator()<MR>(in + r0); });
+}
+
+ffi::Error WeightGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> hs,
+                       ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> d,
+                       ffi::ResultBuffer<ffi::F32> dw_x, ffi::ResultBuffer<ffi::F32> dw_h,
+                       int64_t batch_major, int64_t max_threads) {
+  const auto dd = d.dimensions(), dxd = x.dimensions(), dhd = hs.dimensions();
+  if (dd.size() != 3 || dxd.size() != 3 || dhd.size() != 3 || (batch_major != 0 && batch_major != 1))
+    return ffi::Error::InvalidArgument("mmzoo_weight_grads: expected [T, B, F] or [B, T, F] inputs");
+  const int64_t steps = dd[batch_major], batch = dd[1 - batch_major];
+  const int64_t in = dxd[2], hidden = dhd[2], n = dd[2], m = in + hidden, rows = steps * batch;
+  if (n % 64 != 0 || !std::equal(dd.begin(), dd.end() - 1, dxd.begin()) ||
+      !std::equal(dd.begin(), dd.end() - 1, dhd.begin()) ||
+      h0.element_count() != static_cast<size_t>(batch * hidden))
     return ffi::Error::InvalidArgument(
-        "mmzoo_matmul_tn: a and b must share their leading dimensions, b's last a multiple of 64");
-  float* out = c->typed_data();
+        "mmzoo_weight_grads: x, hs, h0 and d disagree, or d's width is not a multiple of 64");
+  float *out_x = dw_x->typed_data(), *out_h = dw_h->typed_data();
   if (rows == 0 || m == 0 || n == 0) {
-    std::memset(out, 0, m * n * sizeof(float));
+    std::memset(out_x, 0, in * n * sizeof(float));
+    std::memset(out_h, 0, hidden * n * sizeof(float));
     return ffi::Error::Success();
   }
-  const float *a_in = a.typed_data(), *b_in = b.typed_data();
+  const float *x_in = x.typed_data(), *hs_in = hs.typed_data(), *h_init = h0.typed_data();
+  const float* d_in = d.typed_data();
+  // h_prev of row `row` (rows in memory order: [B, T] batch-major, else [T, B]).
+  auto h_prev = [=](int64_t row) {
+    if (batch_major) {
+      return row % steps ? hs_in + (row - 1) * hidden : h_init + row / steps * hidden;
+    }
+    return row >= batch ? hs_in + (row - batch) * hidden : h_init + row * hidden;
+  };
   const int64_t chunk = std::min(kChunkRows, rows), chunks = (rows + chunk - 1) / chunk;
   float* packed = Scratch(0, m * chunk);  // A~ of one chunk: per block, per row tile [kc][MR]
   if (!packed) return NoScratch();
@@ -769,10 +794,13 @@ ffi::Error MatmulTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<f
     if (phase % 2 == 0) {  // pack blocks u, u + panels, ...
       for (int64_t kb = u; kb < blocks; kb += panels) {
         const int64_t k0 = kb * kBlockRows, kc = std::min(kBlockRows, rows_c - k0);
-        ForRowTiles(m, [&]<int MR>(int64_t r0, int64_t) {
+        ForSegmentTiles(in, hidden, [&]<int MR>(int64_t r0) {
           float* dst = packed + k0 * m + r0 * kc;
-          for (int64_t k = 0; k < kc; ++k)
-            std::memcpy(dst + k * MR, a_in + (c0 + k0 + k) * m + r0, MR * sizeof(float));
+          for (int64_t k = 0; k < kc; ++k) {
+            const int64_t row = c0 + k0 + k;
+            const float* src = r0 < in ? x_in + row * in + r0 : h_prev(row) + (r0 - in);
+            std::memcpy(dst + k * MR, src, MR * sizeof(float));
+          }
         });
       }
       return;
@@ -781,9 +809,10 @@ ffi::Error MatmulTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<f
     for (int64_t kb = 0; kb < blocks; ++kb) {
       const int64_t k0 = kb * kBlockRows, kc = std::min(kBlockRows, rows_c - k0);
       for (int64_t k = 0; k < kc; ++k)
-        std::memcpy(panel + k * 64, b_in + (c0 + k0 + k) * n + u * 64, 64 * sizeof(float));
-      ForRowTiles(m, [&]<int MR>(int64_t r0, int64_t) {
-        TileTN<MR>(packed + k0 * m + r0 * kc, panel, kc, out + r0 * n + u * 64, n, c0 + k0 > 0);
+        std::memcpy(panel + k * 64, d_in + (c0 + k0 + k) * n + u * 64, 64 * sizeof(float));
+      ForSegmentTiles(in, hidden, [&]<int MR>(int64_t r0) {
+        float* c = r0 < in ? out_x + r0 * n : out_h + (r0 - in) * n;
+        TileTN<MR>(packed + k0 * m + r0 * kc, panel, kc, c + u * 64, n, c0 + k0 > 0);
       });
     }
   };
@@ -858,10 +887,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MmzooGruBackward, GruBackward,
                                   .Attr<int64_t>("batch_major")
                                   .Attr<int64_t>("max_threads"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MmzooMatmulTN, MatmulTN,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MmzooWeightGrads, WeightGrads,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // a
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // b
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // c
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // x, or [.., 0]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // hs, or [.., 0]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // h0
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // d
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dw_x
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dw_h
+                                  .Attr<int64_t>("batch_major")
                                   .Attr<int64_t>("max_threads"));
