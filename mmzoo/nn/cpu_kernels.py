@@ -375,11 +375,11 @@ def weight_grads(axis: int, x: jax.Array | None, hs: jax.Array | None, h0: jax.A
   With the batch sharded, each device multiplies its own rows and the parts are
   summed over the devices.
   """
-  def empty(width_of):
-    return jnp.zeros((*d.shape[:-1], 0), d.dtype) if width_of is None else width_of
+  def or_empty(seq):  # None: a sequence of width 0
+    return jnp.zeros((*d.shape[:-1], 0), d.dtype) if seq is None else seq
 
   h0 = jnp.zeros((d.shape[1 - axis], 0), d.dtype) if hs is None else h0
-  dw_x, dw_h = _weight_grads_op(axis)(empty(x), empty(hs), h0, d)
+  dw_x, dw_h = _weight_grads_op(axis)(or_empty(x), or_empty(hs), h0, d)
   return None if x is None else dw_x, None if hs is None else dw_h
 
 
