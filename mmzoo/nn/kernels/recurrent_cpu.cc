@@ -173,6 +173,20 @@ Prefetch PrefetchSlice(const float* panel, int64_t floats, int64_t tiles, int64_
   return {reinterpret_cast<const char*>(panel) + first * 64, std::min(per, lines - first)};
 }
 
+// With no W_ih, a forward's epilogue adds the given projection's rows: their
+// `gates` 16-float pieces at x_t + row * x_row + j + gate * hidden, for rows r0 ..
+// r0 + MR - 1. Prefetched before the tile, they are in L1 when it ends (the
+// char model's first layer, whose projections a gather has just written: that
+// gather and the layer's forward 1.07-1.16x faster).
+template <int MR>
+inline void PrefetchProjection(const float* x_t, int64_t x_row, int64_t r0, int64_t j,
+                               int64_t hidden, int gates) {
+  for (int r = 0; r < MR; ++r)
+    for (int gate = 0; gate < gates; ++gate)
+      _mm_prefetch(reinterpret_cast<const char*>(x_t + (r0 + r) * x_row + j + gate * hidden),
+                   _MM_HINT_T0);
+}
+
 // Calls body.template operator()<MR>(row, tile) over `rows` rows in
 // RowTiles(rows) tiles of at most 6 rows, as even as can be (32 rows: 6, 6,
 // 5, 5, 5, 5, not 6, 6, 6, 6, 6, 2, whose last tile would run at half speed:
@@ -419,6 +433,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw, ffi::Buffer<f
     const float* bias_j = b_all + j;  // loaded per row: held in registers, it spills the tile's
     const float* x_t = x + t * sx.step;
     ForRowTiles(batch, [&]<int MR>(int64_t r0, int64_t tile) {
+      if (!in) PrefetchProjection<MR>(x_t, sx.row, r0, j, hidden, 4);
       __m512 acc[MR][4];
       Tile<MR>(x_t + r0 * sx.row, sx.row, in, h_prev + r0 * prev_row, prev_row, hidden, panel,
                PrefetchSlice(next, depth * 64, RowTiles(batch), tile), acc);
@@ -592,6 +607,7 @@ ffi::Error GruForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw, ffi::Buffe
     const int64_t j = u * 16;
     const float* x_t = x + t * sx.step;
     ForRowTiles(batch, [&]<int MR>(int64_t r0, int64_t tile) {
+      if (!in) PrefetchProjection<MR>(x_t, sx.row, r0, j, hidden, 3);
       __m512 acc[MR][4];
       Tile<MR, GruX, GruH>(x_t + r0 * sx.row, sx.row, in, h_prev + r0 * prev_row, prev_row,
                            hidden, panel, PrefetchSlice(next, depth * 48, RowTiles(batch), tile), acc);
