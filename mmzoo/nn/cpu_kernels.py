@@ -86,9 +86,7 @@ def applies(cell: str, x: jax.Array, w_hh: jax.Array, carry, mask) -> bool:
   launcher splits a CPU, each device runs them on one thread
   (benchmarks/RESULTS.md, char_lm, has the measurements).
   """
-  if cell not in _TARGETS or os.environ.get(POLICY_ENV) == "0":
-    return False
-  return (mask is None and w_hh.shape[0] % HIDDEN_MULTIPLE == 0
+  return (_fits(cell, w_hh.shape[0]) and mask is None
           and all(a.dtype == jnp.float32 for a in (x, w_hh, *jax.tree.leaves(carry)))
           and jax.default_backend() == "cpu" and available())
 
@@ -97,8 +95,13 @@ def expected(cell: str, hidden: int) -> bool:
   """Whether `cell` layers of `hidden` units will run through the kernels here, judged
   without building them or starting JAX (a launcher decides how to split the CPU
   before that): the cell, the hidden size, the policy, the CPU and a compiler."""
+  return _fits(cell, hidden) and _unsupported() is None
+
+
+def _fits(cell: str, hidden: int) -> bool:
+  """A cell and size the kernels take, with the kernels not turned off."""
   return (cell in _TARGETS and hidden % HIDDEN_MULTIPLE == 0
-          and os.environ.get(POLICY_ENV) != "0" and _unsupported() is None)
+          and os.environ.get(POLICY_ENV) != "0")
 
 
 def _unsupported() -> str | None:
@@ -370,7 +373,7 @@ def weight_grads(axis: int, x: jax.Array | None, hs: jax.Array | None, h0: jax.A
   from its gates' gradients `d`.
 
   Sequences are `[T, B, ..]`, or `[B, T, ..]` with `axis=1`; `d`'s width must
-  be a multiple of 64 (see `weight_grads_apply`). `x`, or `hs` and `h0`, may be
+  be a multiple of 64, as it is for every layer `applies` admits. `x`, or `hs` and `h0`, may be
   None (their gradient is then None too). `[x | h_prev]` is never written out.
   With the batch sharded, each device multiplies its own rows and the parts are
   summed over the devices.
@@ -381,14 +384,6 @@ def weight_grads(axis: int, x: jax.Array | None, hs: jax.Array | None, h0: jax.A
   h0 = jnp.zeros((d.shape[1 - axis], 0), d.dtype) if hs is None else h0
   dw_x, dw_h = _weight_grads_op(axis)(or_empty(x), or_empty(hs), h0, d)
   return None if x is None else dw_x, None if hs is None else dw_h
-
-
-def weight_grads_apply(d: jax.Array, *others: jax.Array | None) -> bool:
-  """Whether `weight_grads` runs these (as `applies`: float32 on CPU, kernels built and on)."""
-  return (os.environ.get(POLICY_ENV) != "0" and d.ndim == 3
-          and d.shape[-1] % HIDDEN_MULTIPLE == 0 and jax.default_backend() == "cpu"
-          and all(a.dtype == jnp.float32 for a in (d, *others) if a is not None)
-          and available())
 
 
 def _weight_grads_call(axis: int, x, hs, h0, d):

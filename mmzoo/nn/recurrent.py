@@ -450,8 +450,8 @@ def _fused_fwd(cell: CellKind, axis: int, x, w_ih, b_ih, w_hh, b_hh, carry):
 
 def _fused_bwd(cell: CellKind, axis: int, residuals, cotangents):
   """The kernel's reverse loop gives the gates' pre-activation gradients and
-  `x`'s gradient; the weight gradients are then one matmul each over all steps,
-  as in `_recurrence_bwd`."""
+  `x`'s gradient; the weight gradients then come from `cpu_kernels.weight_grads`
+  over all steps (an LSTM's two in one pass over `dz`)."""
   x, w_ih, b_ih, w_hh, b_hh, carry, saved = residuals
   d_hs, d_final = cotangents
   hidden = w_hh.shape[0]
@@ -470,11 +470,9 @@ def _fused_bwd(cell: CellKind, axis: int, residuals, cotangents):
     d_b_hh = jnp.concatenate([sums[:2 * hidden], sums[3 * hidden:]])
   if d_x is None:  # not from the kernel
     d_x = dxw if w_ih is None else dxw @ w_ih.T
+  # The GEMM kernel fits wherever the recurrence's did (`cpu_kernels.applies`).
   x_in = None if w_ih is None else x
-  if not cpu_kernels.weight_grads_apply(dhw, x_in, hs):
-    d_w_ih = None if w_ih is None else _weight_grad(x, dxw)
-    d_w_hh = _weight_grad(_previous_states(h0, hs, axis), dhw)
-  elif cell == "lstm":  # one pass over dz for both
+  if cell == "lstm":  # one pass over dz for both
     d_w_ih, d_w_hh = cpu_kernels.weight_grads(axis, x_in, hs, h0, dhw)
   else:
     d_w_ih = None if x_in is None else cpu_kernels.weight_grads(axis, x_in, None, None, dxw)[0]
